@@ -1,0 +1,1 @@
+"""kairos-core: real-time crypto market data."""

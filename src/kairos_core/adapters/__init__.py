@@ -1,0 +1,1 @@
+"""Adapters: the outside world on either side of the hexagon."""

@@ -1,0 +1,1 @@
+"""Inbound adapters: sources of market data."""

@@ -1,0 +1,1 @@
+"""Exchange feed handlers, one wire module and one handler per venue."""

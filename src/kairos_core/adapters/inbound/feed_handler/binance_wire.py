@@ -1,0 +1,205 @@
+"""Binance spot market-stream wire format: the only way from a Binance frame to the domain.
+
+A combined-stream aggTrade frame, as received from ``/stream?streams=btcusdt@aggTrade``::
+
+    {"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":1617566591315,"s":"BTCUSDT",
+     "a":665076760,"p":"58001.03000000","q":"0.08620500","f":745522877,"l":745522877,
+     "T":1617566591314,"m":true,"M":true}}
+
+Raw streams (``/ws/<stream>``) send the ``data`` object alone. Control frames are replies to
+requests (``{"result":null,"id":1}``), error replies (``{"code":2,"msg":"...","id":1}``) and the
+``serverShutdown`` event that announces a disconnect.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
+
+import msgspec
+
+from kairos_core.domain import Exchange, FrameRejected, MarketTick, RejectReason, Side, TickSource
+
+_MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant datetime holds
+_MAX_ID = 2**63 - 1  # ids are stored as bigint
+
+
+class AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade", gc=False):
+    """The ``data`` of an aggTrade event. Extra fields (``M``, future ones) are ignored."""
+
+    E: int  # event time, epoch ms
+    s: str  # symbol, uppercase
+    a: int  # aggregate trade id: consecutive per symbol
+    p: str  # price, a decimal string
+    q: str  # quantity, a decimal string
+    f: int  # first trade id in the aggregate
+    l: int  # last trade id in the aggregate
+    T: int  # trade time, epoch ms
+    m: bool  # buyer is the maker: the taker sold
+
+
+class ServerShutdownEvent(msgspec.Struct, tag_field="e", tag="serverShutdown", gc=False):
+    """``{"e":"serverShutdown","E":...}``: the server will close this connection soon."""
+
+    E: int  # event time, epoch ms
+
+
+class _CombinedFrame(msgspec.Struct, gc=False):
+    stream: str
+    data: AggTrade | ServerShutdownEvent
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriptionReply:
+    """Reply to SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS and friends."""
+
+    request_id: int | str | None
+    result: Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorReply:
+    """The server refused a request on this connection (bad method, bad stream name, ...)."""
+
+    request_id: int | str | None
+    code: int | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerShutdown:
+    """The server announced it will close this connection; reconnect soon."""
+
+    event_time_ms: int
+
+
+ControlFrame = SubscriptionReply | ErrorReply | ServerShutdown
+_Event = TypeVar("_Event", AggTrade, ServerShutdownEvent)
+
+_combined_decoder = msgspec.json.Decoder(_CombinedFrame)
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+_SELL, _BUY, _BINANCE = Side.SELL, Side.BUY, Exchange.BINANCE
+
+
+def parse_frame(
+    raw: bytes | str,
+    received_at_ns: int | None = None,
+    source: TickSource = TickSource.LIVE,
+) -> MarketTick | ControlFrame:
+    """Turn one Binance frame into a tick or a control value; raise ``FrameRejected`` otherwise.
+
+    The common case (a combined aggTrade frame) is one typed decode; everything else takes the
+    slower path that works out what the frame is and why it cannot be used.
+    """
+    if received_at_ns is None:
+        received_at_ns = time.time_ns()
+    try:
+        payload = _combined_decoder.decode(raw).data
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _parse_uncommon(raw, received_at_ns, source)
+    if type(payload) is AggTrade:
+        return _tick_from(payload, raw, received_at_ns, source)
+    return ServerShutdown(event_time_ms=payload.E)
+
+
+def _tick_from(trade: AggTrade, raw: bytes | str, received_at_ns: int, source: TickSource) -> MarketTick:
+    try:
+        price, volume = Decimal(trade.p), Decimal(trade.q)
+        valid_amounts = price.is_finite() and volume.is_finite() and price > 0 and volume > 0
+    except InvalidOperation:
+        valid_amounts = False
+    if not valid_amounts:
+        raise FrameRejected(RejectReason.VALUE, raw, "price and quantity must be finite positive decimals")
+    if not (0 <= trade.T <= _MAX_EPOCH_MS and 0 <= trade.E <= _MAX_EPOCH_MS):
+        raise FrameRejected(RejectReason.VALUE, raw, "trade or event time out of range")
+    if not (0 <= trade.f <= trade.l <= _MAX_ID and 0 <= trade.a <= _MAX_ID and trade.s):
+        raise FrameRejected(RejectReason.VALUE, raw, "need 0 <= f <= l < 2**63, 0 <= a < 2**63, a symbol")
+    return MarketTick(
+        trade.s,
+        _BINANCE,
+        price,
+        volume,
+        _SELL if trade.m else _BUY,
+        trade.a,
+        trade.f,
+        trade.l,
+        trade.T,
+        trade.E,
+        received_at_ns,
+        source,
+    )
+
+
+def _parse_uncommon(raw: bytes | str, received_at_ns: int, source: TickSource) -> MarketTick | ControlFrame:
+    try:
+        frame = _any_decoder.decode(raw)
+    except msgspec.DecodeError as e:
+        raise FrameRejected(RejectReason.JSON, raw, str(e)) from None
+    if not isinstance(frame, dict):
+        raise FrameRejected(RejectReason.SCHEMA, raw, "a frame must be a JSON object")
+    if "result" in frame and "id" in frame:
+        return SubscriptionReply(request_id=_request_id(frame), result=frame["result"])
+    error = frame.get("error", frame)
+    if isinstance(error, dict) and "code" in error and "msg" in error:
+        return ErrorReply(
+            request_id=_request_id(frame), code=_int_or_none(error["code"]), message=str(error["msg"])
+        )
+    combined = "stream" in frame
+    payload = frame.get("data") if combined else frame
+    if not isinstance(payload, dict):
+        raise FrameRejected(RejectReason.SCHEMA, raw, "a combined frame needs a 'data' object")
+    event = payload.get("e")
+    if event == "aggTrade":
+        return _tick_from(_convert(payload, AggTrade, raw), raw, received_at_ns, source)
+    if event == "serverShutdown":
+        return ServerShutdown(event_time_ms=_convert(payload, ServerShutdownEvent, raw).E)
+    if event is None and not combined:
+        raise FrameRejected(RejectReason.SCHEMA, raw, "no event type 'e', result or error")
+    name = event if isinstance(event, str) else frame.get("stream")
+    raise FrameRejected(RejectReason.UNKNOWN_EVENT, raw, f"not consumed here: {name!r}")
+
+
+def _convert(payload: dict[str, Any], kind: type[_Event], raw: bytes | str) -> _Event:
+    try:
+        return msgspec.convert(payload, kind)
+    except msgspec.ValidationError as e:
+        message = str(e)
+        if message.startswith("Object missing required field"):
+            reason = RejectReason.SCHEMA
+        elif message.startswith("Expected"):
+            reason = RejectReason.TYPE
+        else:
+            reason = RejectReason.VALUE
+        raise FrameRejected(reason, raw, message) from None
+
+
+def _request_id(frame: dict[str, Any]) -> int | str | None:
+    request_id = frame.get("id")
+    return request_id if isinstance(request_id, int | str) else None
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def encode_agg_trade(tick: MarketTick, *, combined: bool = True) -> bytes:
+    """The frame Binance would send for ``tick``; the simulator's encoder and parse's inverse."""
+    data = {
+        "e": "aggTrade",
+        "E": tick.event_time_ms if tick.event_time_ms is not None else tick.timestamp_ms,
+        "s": tick.symbol,
+        "a": tick.trade_id,
+        "p": str(tick.price),
+        "q": str(tick.volume),
+        "f": tick.first_trade_id,
+        "l": tick.last_trade_id,
+        "T": tick.timestamp_ms,
+        "m": tick.side is Side.SELL,
+        "M": True,
+    }
+    if not combined:
+        return _encoder.encode(data)
+    return _encoder.encode({"stream": f"{tick.symbol.lower()}@aggTrade", "data": data})

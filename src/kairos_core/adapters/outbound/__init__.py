@@ -1,0 +1,1 @@
+"""Outbound adapters: where the service writes."""

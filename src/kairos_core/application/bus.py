@@ -1,0 +1,240 @@
+"""The broadcast bus between feeds and consumers, with tokio ``broadcast`` semantics.
+
+Ordinary subscribers share one ring of ``capacity`` slots: ``publish`` writes a slot and never
+waits, every subscriber reads every tick in order, and one that falls more than ``capacity``
+behind loses the oldest ticks and learns how many from ``Lagged``. Lossless subscribers
+(persistence, publishers) each get a queue that is never overwritten instead; while one holds
+``capacity`` ticks, ``writable()`` makes the feed stop reading its socket until the queue has
+drained to half, so back-pressure reaches the exchange connection and nothing is dropped.
+
+Single event loop only: publish and receive from the loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import cast
+
+from kairos_core.domain import BusClosed, Lagged, MarketTick
+
+DEFAULT_CAPACITY = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriberStats:
+    """A snapshot of one subscriber's counters."""
+
+    name: str
+    lossless: bool
+    received: int
+    """Ticks handed to the subscriber so far."""
+    depth: int
+    """Ticks published and still readable by the subscriber."""
+    lag: int
+    """Ticks published that the subscriber has not read, including ones already overwritten."""
+    lost: int
+    """Ticks overwritten before the subscriber read them (always 0 for lossless subscribers)."""
+
+
+class Subscription:
+    """One consumer's view of the bus: ``await recv()`` or ``async for tick in subscription``.
+
+    ``recv`` raises ``Lagged`` once after ticks were lost (the next call goes on with the oldest
+    tick still held) and ``BusClosed`` when the bus is closed and everything was read. ``async
+    for`` ends at close; a ``Lagged`` propagates, and iterating again resumes.
+    """
+
+    __slots__ = ("_bus", "_lost", "_next", "name", "received")
+
+    def __init__(self, bus: BroadcastBus, name: str) -> None:
+        self._bus = bus
+        self._next = bus._seq
+        self._lost = 0
+        self.name = name
+        self.received = 0
+
+    @property
+    def lossless(self) -> bool:
+        return False
+
+    def try_recv(self) -> MarketTick | None:
+        """The next tick if one is ready, else None; raises ``Lagged`` or ``BusClosed``."""
+        bus = self._bus
+        seq = bus._seq
+        position = self._next
+        if position < seq:
+            oldest = seq - bus._capacity
+            if position < oldest:
+                missed = oldest - position
+                self._next = oldest
+                self._lost += missed
+                raise Lagged(missed)
+            self._next = position + 1
+            self.received += 1
+            return bus._ring[position % bus._capacity]
+        if bus._closed:
+            raise BusClosed()
+        return None
+
+    async def recv(self) -> MarketTick:
+        """Wait for the next tick."""
+        while (tick := self.try_recv()) is None:
+            await self._bus._wait_for_publish()
+        return tick
+
+    def stats(self) -> SubscriberStats:
+        lag = self._bus._seq - self._next
+        overwritten = max(0, lag - self._bus._capacity)
+        return SubscriberStats(
+            name=self.name,
+            lossless=False,
+            received=self.received,
+            depth=lag - overwritten,
+            lag=lag,
+            lost=self._lost + overwritten,
+        )
+
+    def close(self) -> None:
+        """Stop receiving; the bus forgets this subscriber."""
+        self._bus._forget(self)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> MarketTick:
+        try:
+            return await self.recv()
+        except BusClosed:
+            raise StopAsyncIteration from None
+
+
+class LosslessSubscription(Subscription):
+    """A subscriber that is never overwritten; its backlog pauses the feeds instead."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, bus: BroadcastBus, name: str) -> None:
+        super().__init__(bus, name)
+        self._queue: deque[MarketTick] = deque()
+
+    @property
+    def lossless(self) -> bool:
+        return True
+
+    def try_recv(self) -> MarketTick | None:
+        queue = self._queue
+        if queue:
+            tick = queue.popleft()
+            self.received += 1
+            if len(queue) <= self._bus._resume_depth:
+                self._bus._release(self)
+            return tick
+        if self._bus._closed:
+            raise BusClosed()
+        return None
+
+    def stats(self) -> SubscriberStats:
+        depth = len(self._queue)
+        return SubscriberStats(
+            name=self.name, lossless=True, received=self.received, depth=depth, lag=depth, lost=0
+        )
+
+
+class BroadcastBus:
+    """Bounded broadcast of ticks from feeds to every subscriber; implements ``TickSink``."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError(f"bus capacity must be at least 1, got {capacity}")
+        self._capacity = capacity
+        self._resume_depth = capacity // 2
+        # Slots are read only after they were written (position >= seq - capacity).
+        self._ring = cast("list[MarketTick]", [None] * capacity)
+        self._seq = 0
+        self._closed = False
+        self._subscribers: list[Subscription] = []
+        self._lossless: list[LosslessSubscription] = []
+        self._saturated: set[LosslessSubscription] = set()
+        self._readers: list[asyncio.Future[None]] = []
+        self._writers: list[asyncio.Future[None]] = []
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def published(self) -> int:
+        """Ticks published since the bus was made."""
+        return self._seq
+
+    def subscribe(self, name: str, *, lossless: bool = False) -> Subscription:
+        """A new subscriber that sees every tick published from now on."""
+        if self._closed:
+            raise BusClosed()
+        subscription = LosslessSubscription(self, name) if lossless else Subscription(self, name)
+        self._subscribers.append(subscription)
+        if isinstance(subscription, LosslessSubscription):
+            self._lossless.append(subscription)
+        return subscription
+
+    def publish(self, tick: MarketTick) -> None:
+        """Hand ``tick`` to every subscriber; never waits, never drops for a lossless one."""
+        if self._closed:
+            raise BusClosed()
+        seq = self._seq
+        self._ring[seq % self._capacity] = tick
+        self._seq = seq + 1
+        for subscription in self._lossless:
+            queue = subscription._queue
+            queue.append(tick)
+            if len(queue) >= self._capacity:
+                self._saturated.add(subscription)
+        if self._readers:
+            _wake(self._readers)
+
+    async def writable(self) -> None:
+        """Return once no lossless subscriber is full (at once if none is, or the bus is closed)."""
+        while self._saturated and not self._closed:
+            waiter = asyncio.get_running_loop().create_future()
+            self._writers.append(waiter)
+            await waiter
+
+    def close(self) -> None:
+        """No more ticks: subscribers read what is left, then their iteration ends."""
+        self._closed = True
+        _wake(self._readers)
+        _wake(self._writers)
+
+    def stats(self) -> list[SubscriberStats]:
+        return [subscription.stats() for subscription in self._subscribers]
+
+    async def _wait_for_publish(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._readers.append(waiter)
+        await waiter
+
+    def _release(self, subscription: LosslessSubscription) -> None:
+        if subscription in self._saturated:
+            self._saturated.discard(subscription)
+            if not self._saturated:
+                _wake(self._writers)
+
+    def _forget(self, subscription: Subscription) -> None:
+        if subscription in self._subscribers:
+            self._subscribers.remove(subscription)
+        if isinstance(subscription, LosslessSubscription) and subscription in self._lossless:
+            self._lossless.remove(subscription)
+            self._release(subscription)
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+    waiters.clear()

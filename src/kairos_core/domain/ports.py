@@ -1,0 +1,35 @@
+"""Ports: what the application needs from the outside world, as structural protocols."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from kairos_core.domain.model import Exchange, MarketTick
+
+
+class TickSink(Protocol):
+    """Where a feed hands each tick: the only thing a feed adapter knows of the bus.
+
+    ``publish`` never blocks. ``writable`` returns at once while there is room and otherwise waits
+    until a lossless consumer has caught up; a feed awaits it before reading more from its
+    socket, so back-pressure reaches the exchange connection instead of dropping ticks.
+    """
+
+    def publish(self, tick: MarketTick) -> None: ...
+
+    async def writable(self) -> None: ...
+
+
+class MarketFeedPort(Protocol):
+    """A live source of ticks from one exchange."""
+
+    @property
+    def exchange(self) -> Exchange: ...
+
+    async def start(self) -> None:
+        """Stream ticks into the sink until ``stop`` is called or the feed fails for good."""
+        ...
+
+    async def stop(self) -> None:
+        """Ask ``start`` to return; safe to call more than once."""
+        ...
