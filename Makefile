@@ -17,6 +17,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m kairos_core $(ARGS)
 
+# Offline: the bundled simulator on 127.0.0.1:$(DEMO_PORT), and the service pointed at it.
+DEMO_PORT ?= 9443
+demo: $(STAMP)
+	@$(BIN)/python -m kairos_core simulate --port $(DEMO_PORT) --rate 20 & sim=$$!; \
+	trap 'kill $$sim 2>/dev/null' EXIT; \
+	$(BIN)/python -c 'import socket, time; [time.sleep(0.1) for _ in range(100) if socket.socket().connect_ex(("127.0.0.1", $(DEMO_PORT)))]'; \
+	$(BIN)/python -m kairos_core --binance-url ws://127.0.0.1:$(DEMO_PORT)/stream \
+		--binance-rest-url http://127.0.0.1:$(DEMO_PORT) $(ARGS)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

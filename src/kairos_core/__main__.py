@@ -1,13 +1,87 @@
-"""``python -m kairos_core``: placeholder until the CLI lands (issue A2)."""
+"""``python -m kairos_core`` / ``kairos``: parse, configure, run; map failures to exit codes.
+
+Exit codes: 0 clean stop, 2 bad configuration (what to fix is printed), 3 the exchange refuses us.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 import sys
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from kairos_core.bootstrap.cli import parse_arguments, setting_flags
+from kairos_core.bootstrap.compose import build_service
+from kairos_core.bootstrap.logging import configure_logging
+from kairos_core.domain import ConfigurationError, FeedRefused
+from kairos_core.settings import Settings
+from kairos_core.simulator.binance import BinanceSimulator
+
+EXIT_CONFIG = 2
+EXIT_REFUSED = 3
+
+log = structlog.get_logger("kairos_core")
 
 
-def main() -> int:
-    print("kairos: the service entry point is not built yet", file=sys.stderr)
-    return 2
+def main(argv: list[str] | None = None) -> int:
+    overrides, run = parse_arguments(argv)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        flags = setting_flags()
+        return _fail(EXIT_CONFIG, "; ".join(_describe(error, flags) for error in e.errors()))
+    except (FileNotFoundError, ValueError) as e:
+        return _fail(EXIT_CONFIG, str(e))
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        if run.get("command") == "simulate":
+            asyncio.run(_simulate(settings, run))
+        else:
+            asyncio.run(_serve(settings, run))
+    except ConfigurationError as e:
+        return _fail(EXIT_CONFIG, str(e))
+    except FeedRefused as e:
+        return _fail(EXIT_REFUSED, str(e))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve(settings: Settings, run: dict[str, Any]) -> None:
+    service = build_service(settings, max_ticks=run.get("max_ticks"), duration=run.get("duration"))
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, service.request_stop, signal.Signals(signum).name)
+    await service.run()
+
+
+async def _simulate(settings: Settings, run: dict[str, Any]) -> None:
+    simulator = BinanceSimulator(
+        settings.symbols, rate=run["rate"], seed=run["seed"], id_base=run["id_base"], replay=run["replay"]
+    )
+    await simulator.start(run["host"], run["port"])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    with contextlib.suppress(asyncio.CancelledError):
+        await (asyncio.wait_for(stop.wait(), run["duration"]) if "duration" in run else stop.wait())
+    await simulator.stop()
+
+
+def _describe(error: Any, flags: dict[str, str]) -> str:
+    field = str(error["loc"][0]) if error["loc"] else "settings"
+    names = " / ".join(filter(None, (flags.get(field), f"KAIROS_{field.upper()}")))
+    return f"{field} ({names}): {error['msg']}"
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"kairos: error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

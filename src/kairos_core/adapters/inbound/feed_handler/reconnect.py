@@ -1,0 +1,51 @@
+"""When and how often a feed reconnects; shared by every exchange's handler."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from kairos_core.domain import FeedDisconnected, FeedRefused
+
+from .connection import HandshakeRejected
+
+REFUSED_STATUSES = {403: "forbidden", 451: "unavailable for legal reasons: a restricted location"}
+
+
+@dataclass(slots=True)
+class ReconnectPolicy:
+    """Capped exponential backoff with jitter, reset once a connection has stayed up.
+
+    A handshake answered 403 or 451 is final: the venue refuses this client where it stands.
+    Other 4xx answers are retried ``max_client_errors`` times in a row, then final too; network
+    errors, 5xx and dropped connections are retried for as long as the feed runs.
+    """
+
+    initial_delay: float = 0.5
+    max_delay: float = 30.0
+    stable_after: float = 30.0
+    """Seconds a connection must stay up before the backoff starts again from ``initial_delay``."""
+    max_client_errors: int = 5
+    rng: random.Random = field(default_factory=random.Random)
+    _attempt: int = 0
+    _client_errors: int = 0
+
+    def connection_ended(self, error: FeedDisconnected, uptime: float, hint: str) -> float:
+        """The delay before the next attempt; raises ``FeedRefused`` when retrying is futile.
+
+        ``hint`` tells the user what to change (e.g. which flag names another endpoint).
+        """
+        if uptime >= self.stable_after:
+            self._attempt = 0
+            self._client_errors = 0
+        if isinstance(error, HandshakeRejected):
+            why = REFUSED_STATUSES.get(error.status)
+            if why is not None:
+                raise FeedRefused(f"{error} ({why}); {hint}") from error
+            if 400 <= error.status < 500:
+                self._client_errors += 1
+                if self._client_errors >= self.max_client_errors:
+                    raise FeedRefused(f"{error}, {self._client_errors} times in a row; {hint}") from error
+        ceiling = min(self.max_delay, self.initial_delay * 2.0 ** min(self._attempt, 30))
+        self._attempt += 1
+        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)

@@ -1,0 +1,110 @@
+"""The running service: feeds -> bus -> consumers in one TaskGroup, with an ordered shutdown.
+
+Shutdown drains: feeds stop first (no new ticks), then the bus closes, then every consumer reads
+what is left and returns. Nothing a feed handed to the bus is dropped on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from kairos_core.application.bus import BroadcastBus
+from kairos_core.application.consumers import Consumer
+from kairos_core.application.tick_counter import TickCounter
+from kairos_core.domain import KairosError, MarketFeedPort
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSummary:
+    ticks: dict[str, int]
+    """Ticks received per ``exchange:SYMBOL``."""
+    total: int
+    stop_reason: str
+
+
+class MarketDataService:
+    """Runs until ``request_stop``, the ``duration`` elapses, the tick limit is hit or a feed fails.
+
+    A feed failure (``KairosError`` from ``start``) stops the service the same orderly way and is
+    raised from ``run`` once everything has drained.
+    """
+
+    def __init__(
+        self,
+        bus: BroadcastBus,
+        counter: TickCounter,
+        feeds: Sequence[MarketFeedPort],
+        consumers: Sequence[Consumer],
+        *,
+        duration: float | None = None,
+    ) -> None:
+        self._bus = bus
+        self._counter = counter
+        self._feeds = feeds
+        self._consumers = consumers
+        self._duration = duration
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._failures: list[KairosError] = []
+        counter.on_limit = lambda: self.request_stop("max-ticks reached")
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+
+    async def run(self) -> RunSummary:
+        loop = asyncio.get_running_loop()
+        timer = (
+            loop.call_later(self._duration, self.request_stop, "duration elapsed") if self._duration else None
+        )
+        async with asyncio.TaskGroup() as group:
+            for consumer in self._consumers:
+                subscription = self._bus.subscribe(consumer.name, lossless=consumer.lossless)
+                group.create_task(consumer.run(subscription), name=f"consumer:{consumer.name}")
+            feed_tasks = [
+                group.create_task(self._run_feed(feed), name=f"feed:{feed.exchange}") for feed in self._feeds
+            ]
+            log.info(
+                "service.started",
+                feeds=[str(feed.exchange) for feed in self._feeds],
+                consumers=len(self._consumers),
+            )
+            await self._stop.wait()
+            log.info("service.stopping", reason=self._stop_reason)
+            for feed in self._feeds:
+                await feed.stop()
+            await asyncio.gather(*feed_tasks)
+            self._bus.close()
+        if timer is not None:
+            timer.cancel()
+        summary = RunSummary(
+            ticks={
+                f"{exchange}:{symbol}": count
+                for (exchange, symbol), count in sorted(self._counter.per_symbol.items())
+            },
+            total=self._counter.total,
+            stop_reason=self._stop_reason,
+        )
+        log.info(
+            "service.stopped", reason=summary.stop_reason, ticks_total=summary.total, ticks=summary.ticks
+        )
+        if self._failures:
+            raise self._failures[0]
+        return summary
+
+    async def _run_feed(self, feed: MarketFeedPort) -> None:
+        try:
+            await feed.start()
+        except KairosError as e:
+            self._failures.append(e)
+            log.error("feed.failed", exchange=feed.exchange, error=str(e))
+            self.request_stop(f"{feed.exchange} feed failed")
+        else:
+            self.request_stop(f"{feed.exchange} feed ended")

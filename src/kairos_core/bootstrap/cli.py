@@ -1,0 +1,135 @@
+"""The command line: flags mirror the settings (see ``Settings``) and win over every other source."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from kairos_core.settings import (
+    DEFAULT_BINANCE_REST_URL,
+    DEFAULT_BINANCE_WS_URL,
+    DEFAULT_OKX_REST_URL,
+    DEFAULT_OKX_WS_URL,
+    LogFormat,
+    LogLevel,
+)
+
+# Run options that are not settings: they shape one run, not the service's configuration.
+RUN_ONLY = ("duration", "max_ticks", "command", "port", "host", "rate", "seed", "id_base", "replay")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A bad argument is one line on stderr and exit 2, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _run_options() -> OneLineParser:
+    options = OneLineParser(add_help=False, argument_default=argparse.SUPPRESS)
+    group = options.add_argument_group("run options (also after a subcommand)")
+    add = group.add_argument
+    add("--symbols", metavar="LIST", help="comma list of symbols [KAIROS_SYMBOLS; default btcusdt,ethusdt]")
+    add(
+        "--exchange",
+        dest="exchanges",
+        action="append",
+        metavar="NAME",
+        help="exchange to stream, repeatable: binance, okx [KAIROS_EXCHANGES, a comma list; default binance]",
+    )
+    add(
+        "--binance-url",
+        dest="binance_ws_url",
+        metavar="URL",
+        help=f"[KAIROS_BINANCE_WS_URL; {DEFAULT_BINANCE_WS_URL}]",
+    )
+    add("--binance-rest-url", metavar="URL", help=f"[KAIROS_BINANCE_REST_URL; {DEFAULT_BINANCE_REST_URL}]")
+    add("--okx-url", dest="okx_ws_url", metavar="URL", help=f"[KAIROS_OKX_WS_URL; {DEFAULT_OKX_WS_URL}]")
+    add("--okx-rest-url", metavar="URL", help=f"[KAIROS_OKX_REST_URL; {DEFAULT_OKX_REST_URL}]")
+    add(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL URL [KAIROS_DATABASE_URL; default: embedded PostgreSQL]",
+    )
+    add(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="[KAIROS_DATA_DIR; per-user data dir, /var/lib/kairos as root]",
+    )
+    add("--nats-url", metavar="URL", help="[KAIROS_NATS_URL; default none]")
+    add("--metrics-port", type=int, metavar="PORT", help="[KAIROS_METRICS_PORT; default off]")
+    add("--metrics-host", metavar="HOST", help="[KAIROS_METRICS_HOST; default 127.0.0.1]")
+    add(
+        "--log-format",
+        choices=[f.value for f in LogFormat],
+        help="[KAIROS_LOG_FORMAT; console on a terminal, else json]",
+    )
+    add("--log-level", choices=[level.value for level in LogLevel], help="[KAIROS_LOG_LEVEL; default info]")
+    add("--config", type=Path, metavar="FILE", help="TOML file of settings [KAIROS_CONFIG; default none]")
+    add("--duration", type=_positive_float, metavar="SECONDS", help="stop cleanly after this many seconds")
+    add("--max-ticks", type=_positive_int, metavar="N", help="stop cleanly after exactly N ticks received")
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    run_options = _run_options()
+    parser = OneLineParser(
+        prog="kairos",
+        description="Real-time crypto market data: exchange trades -> broadcast bus -> consumers.",
+        epilog="Precedence, lowest to highest: defaults < --config file < .env < environment < flags.",
+        parents=[run_options],
+        argument_default=argparse.SUPPRESS,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    simulate = commands.add_parser(
+        "simulate",
+        parents=[run_options],
+        help="serve a local simulated exchange on 127.0.0.1 (for demos and tests)",
+        argument_default=argparse.SUPPRESS,
+    )
+    simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    simulate.add_argument(
+        "--port", type=int, default=9443, help="port to listen on (default 9443; 0 picks one)"
+    )
+    simulate.add_argument("--rate", type=_positive_float, default=10.0, help="frames per second (default 10)")
+    simulate.add_argument("--seed", type=int, default=None, help="random-walk seed (default: random)")
+    simulate.add_argument(
+        "--id-base", type=int, default=None, help="first aggregate id (default: wall clock, µs)"
+    )
+    simulate.add_argument(
+        "--replay", type=Path, default=None, help="replay a recording instead of a random walk"
+    )
+    return parser
+
+
+def setting_flags() -> dict[str, str]:
+    """The flag that sets each setting, for error messages: ``{"binance_ws_url": "--binance-url"}``."""
+    return {
+        action.dest: action.option_strings[0]
+        for action in _run_options()._actions
+        if action.option_strings and action.dest not in RUN_ONLY
+    }
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(setting overrides, run options)`` from the command line; exits 2 on a bad argument."""
+    given = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
+    run = {key: given.pop(key) for key in RUN_ONLY if key in given}
+    return given, run

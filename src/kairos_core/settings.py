@@ -1,0 +1,134 @@
+"""The service's settings: one frozen pydantic-settings model, read once by the entry point.
+
+Precedence, lowest to highest: defaults < TOML config file < ``.env`` < environment < flags.
+Every field's environment name is ``KAIROS_`` + its upper-cased name.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from kairos_core.domain import Exchange
+
+DEFAULT_BINANCE_WS_URL = "wss://stream.binance.com:9443/stream"
+DEFAULT_BINANCE_REST_URL = "https://api.binance.com"
+DEFAULT_OKX_WS_URL = "wss://ws.okx.com:8443/ws/v5/public"
+DEFAULT_OKX_REST_URL = "https://www.okx.com"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+def default_data_dir() -> Path:
+    """``/var/lib/kairos`` as root, else the per-user data dir (XDG)."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/kairos")
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "kairos"
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; see ``python -m kairos_core --help``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KAIROS_",
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    symbols: CommaList = Field(default=("btcusdt", "ethusdt"), min_length=1)
+    exchanges: Annotated[tuple[Exchange, ...], NoDecode] = Field(default=(Exchange.BINANCE,), min_length=1)
+    binance_ws_url: str = DEFAULT_BINANCE_WS_URL
+    binance_rest_url: str = DEFAULT_BINANCE_REST_URL
+    okx_ws_url: str = DEFAULT_OKX_WS_URL
+    okx_rest_url: str = DEFAULT_OKX_REST_URL
+    database_url: str | None = None
+    data_dir: Path = Field(default_factory=default_data_dir)
+    nats_url: str | None = None
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    log_format: LogFormat | None = None
+    """None: console on a terminal, JSON otherwise."""
+    log_level: LogLevel = LogLevel.INFO
+    config: Path | None = None
+    """The TOML file the other values may come from (read before ``.env`` and the environment)."""
+
+    _split_symbols = field_validator("symbols", "exchanges", mode="before")(_comma_list)
+
+    @field_validator("exchanges", mode="after")
+    @classmethod
+    def _distinct(cls, exchanges: tuple[Exchange, ...]) -> tuple[Exchange, ...]:
+        return tuple(dict.fromkeys(exchanges))
+
+    @field_validator("binance_ws_url", "okx_ws_url", mode="after")
+    @classmethod
+    def _websocket_url(cls, url: str) -> str:
+        if not url.startswith(("ws://", "wss://")):
+            raise ValueError(f"{url!r} is not a WebSocket URL: it must start with ws:// or wss://")
+        return url
+
+    @field_validator("binance_rest_url", "okx_rest_url", mode="after")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an HTTP URL: it must start with http:// or https://")
+        return url.rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings, dotenv_settings]
+        config_file = _config_file(init_settings, env_settings, dotenv_settings)
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def _config_file(*sources: PydanticBaseSettingsSource) -> Path | None:
+    """The config file named by the highest-precedence source that names one."""
+    for source in sources:
+        value = source().get("config")
+        if value:
+            path = Path(value)
+            if not path.is_file():
+                raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+            return path
+    return None

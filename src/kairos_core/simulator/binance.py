@@ -1,0 +1,197 @@
+"""A local Binance spot market-stream server: combined aggTrade streams and ``exchangeInfo``.
+
+Trades come from a seeded random walk at ``rate`` frames per second (spread over the symbols) or
+from a recording. Aggregate ids start from a wall-clock base (microseconds since the epoch) so
+they keep rising across restarts, as a real exchange's do; ``id_base`` pins them for tests.
+Test hooks: ``inject`` sends any frame, ``drop_connections`` cuts every client, and
+``handshake_status`` answers every stream handshake with that HTTP status instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from kairos_core.adapters.inbound.feed_handler.binance_wire import encode_agg_trade
+from kairos_core.domain import Exchange, MarketTick, Side
+from kairos_core.simulator.recordings import recorded_agg_trades
+
+log = structlog.get_logger(__name__)
+
+_PRICE_STEP = Decimal("0.01")
+_QUANTITY_STEP = Decimal("0.00000001")
+_STARTING_PRICES = {"btcusdt": 60_000, "ethusdt": 3_000, "bnbusdt": 500, "solusdt": 150}
+_INVALID_SYMBOL = msgspec.json.encode({"code": -1121, "msg": "Invalid symbol."}).decode()
+
+
+class _RandomWalk:
+    """Per-symbol prices moving a few ticks at a time; deterministic for a given seed."""
+
+    def __init__(self, symbols: Iterable[str], seed: int | None, id_base: int) -> None:
+        self._rng = random.Random(seed)
+        self._symbols = list(symbols)
+        self._cents = {s: _STARTING_PRICES.get(s, 100) * 100 for s in self._symbols}
+        self._next_id = dict.fromkeys(self._symbols, id_base)
+
+    def frames(self) -> Iterator[tuple[str, bytes]]:
+        rng = self._rng
+        while True:
+            symbol = rng.choice(self._symbols)
+            cents = max(1, self._cents[symbol] + rng.randint(-5, 5))
+            self._cents[symbol] = cents
+            trade_id = self._next_id[symbol]
+            self._next_id[symbol] = trade_id + 1
+            trades_in_aggregate = rng.choice((1, 1, 1, 2, 3))
+            now_ms = time.time_ns() // 1_000_000
+            tick = MarketTick(
+                symbol=symbol.upper(),
+                exchange=Exchange.BINANCE,
+                price=(Decimal(cents) * _PRICE_STEP).quantize(_QUANTITY_STEP),
+                volume=(Decimal(rng.randint(1, 50_000_000)) * _QUANTITY_STEP).quantize(_QUANTITY_STEP),
+                side=Side.SELL if rng.random() < 0.5 else Side.BUY,
+                trade_id=trade_id,
+                first_trade_id=trade_id * 4,
+                last_trade_id=trade_id * 4 + trades_in_aggregate - 1,
+                timestamp_ms=now_ms,
+                event_time_ms=now_ms + 1,
+                received_at_ns=0,
+            )
+            yield symbol, encode_agg_trade(tick)
+
+
+class BinanceSimulator:
+    """Serves ``/stream?streams=<symbol>@aggTrade/...`` and ``GET /api/v3/exchangeInfo``."""
+
+    def __init__(
+        self,
+        symbols: Iterable[str] = ("btcusdt", "ethusdt"),
+        *,
+        rate: float = 10.0,
+        seed: int | None = None,
+        id_base: int | None = None,
+        replay: Path | None = None,
+        handshake_status: int | None = None,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be positive, got {rate}")
+        self.rate = rate
+        self.handshake_status = handshake_status
+        if replay is not None:
+            recorded = list(recorded_agg_trades(replay))
+            self.symbols = tuple(dict.fromkeys(symbol for symbol, _ in recorded))
+            self._frames: Iterator[tuple[str, bytes]] = iter(recorded)
+        else:
+            self.symbols = tuple(symbol.lower() for symbol in symbols)
+            base = id_base if id_base is not None else time.time_ns() // 1000
+            self._frames = _RandomWalk(self.symbols, seed, base).frames()
+        self._clients: dict[ServerConnection, frozenset[str]] = {}
+        self._server: Server | None = None
+        self._producer: asyncio.Task[None] | None = None
+        self.handshakes = 0
+        self.frames_sent = 0
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the simulator is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen and start producing; returns the bound port."""
+        self._server = await serve(self._session, host, port, process_request=self._route, compression=None)
+        self._producer = asyncio.create_task(self._produce())
+        log.info("simulator.listening", host=host, port=self.port, symbols=list(self.symbols), rate=self.rate)
+        return self.port
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            self._producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._producer
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def inject(self, frame: bytes | str) -> None:
+        """Send ``frame`` as it is to every connected client."""
+        for client in list(self._clients):
+            with contextlib.suppress(ConnectionClosed):
+                await client.send(frame)
+
+    async def drop_connections(self) -> None:
+        """Cut every client's TCP connection without a closing handshake."""
+        for client in list(self._clients):
+            client.transport.abort()
+
+    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path == "/api/v3/exchangeInfo":
+            return self._exchange_info(connection, parse_qs(url.query))
+        if url.path.rstrip("/") != "/stream":
+            return connection.respond(HTTPStatus.NOT_FOUND, "unknown path\n")
+        self.handshakes += 1
+        if self.handshake_status is not None:
+            return connection.respond(self.handshake_status, "refused by the simulator\n")
+        return None
+
+    def _exchange_info(self, connection: ServerConnection, query: dict[str, list[str]]) -> Response:
+        if "symbols" in query:
+            asked = [str(s).lower() for s in msgspec.json.decode(query["symbols"][0])]
+        elif "symbol" in query:
+            asked = [query["symbol"][0].lower()]
+        else:
+            asked = list(self.symbols)
+        if any(symbol not in self.symbols for symbol in asked):
+            return _json(connection, HTTPStatus.BAD_REQUEST, _INVALID_SYMBOL)
+        body = {"timezone": "UTC", "symbols": [{"symbol": s.upper(), "status": "TRADING"} for s in asked]}
+        return _json(connection, HTTPStatus.OK, msgspec.json.encode(body).decode())
+
+    async def _session(self, connection: ServerConnection) -> None:
+        request = connection.request
+        streams = parse_qs(urlsplit(request.path).query).get("streams", [""])[0] if request else ""
+        symbols = frozenset(s.split("@", 1)[0] for s in streams.split("/") if s.endswith("@aggTrade"))
+        self._clients[connection] = symbols
+        try:
+            await connection.wait_closed()
+        finally:
+            del self._clients[connection]
+
+    async def _produce(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        produced = 0
+        for symbol, frame in self._frames:
+            due = started + produced / self.rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            produced += 1
+            for client, symbols in list(self._clients.items()):
+                if symbol in symbols:
+                    with contextlib.suppress(ConnectionClosed):
+                        await client.send(frame)
+                        self.frames_sent += 1
+        log.info("simulator.replay_done", frames=produced)
+
+
+def _json(connection: ServerConnection, status: HTTPStatus, body: str) -> Response:
+    response = connection.respond(status, body)
+    response.headers["Content-Type"] = "application/json"
+    return response
