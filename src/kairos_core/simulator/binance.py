@@ -135,6 +135,15 @@ class BinanceSimulator:
             with contextlib.suppress(ConnectionClosed):
                 await client.send(frame)
 
+    async def ping_clients(self, timeout: float = 5.0) -> int:
+        """Ping every client as Binance does every 20 s; how many answered within ``timeout``."""
+        answered = 0
+        for client in list(self._clients):
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                await asyncio.wait_for(await client.ping(), timeout)
+                answered += 1
+        return answered
+
     async def drop_connections(self) -> None:
         """Cut every client's TCP connection without a closing handshake."""
         for client in list(self._clients):

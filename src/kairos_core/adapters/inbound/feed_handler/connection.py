@@ -57,8 +57,11 @@ class WebSocketConnector(Protocol):
 class WebsocketsConnector(WebSocketConnector):
     """``websockets`` (asyncio API). It answers server pings itself and pings every 20 s."""
 
-    def __init__(self, *, open_timeout: float = 10.0, max_frame_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self, *, open_timeout: float = 10.0, close_timeout: float = 5.0, max_frame_bytes: int = 1 << 20
+    ) -> None:
         self._open_timeout = open_timeout
+        self._close_timeout = close_timeout
         self._max_frame_bytes = max_frame_bytes
 
     async def connect(self, url: str) -> WebSocketSession:
@@ -66,6 +69,7 @@ class WebsocketsConnector(WebSocketConnector):
             connection = await connect(
                 url,
                 open_timeout=self._open_timeout,
+                close_timeout=self._close_timeout,
                 max_size=self._max_frame_bytes,
                 ping_interval=20,
                 ping_timeout=20,
