@@ -75,6 +75,11 @@ async def _simulate(settings: Settings, run: dict[str, Any]) -> None:
 
 def _describe(error: Any, flags: dict[str, str]) -> str:
     field = str(error["loc"][0]) if error["loc"] else "settings"
+    if error["type"] == "extra_forbidden":
+        return (
+            f"unknown setting {field!r} (from --config, .env or KAIROS_*): "
+            "remove it or fix its spelling (see --help)"
+        )
     names = " / ".join(filter(None, (flags.get(field), f"KAIROS_{field.upper()}")))
     return f"{field} ({names}): {error['msg']}"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -115,11 +116,32 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources = [init_settings, env_settings, dotenv_settings]
-        config_file = _config_file(init_settings, env_settings, dotenv_settings)
+        dotenv = _OursOnly(settings_cls, dotenv_settings)
+        sources = [init_settings, env_settings, dotenv]
+        config_file = _config_file(init_settings, env_settings, dotenv)
         if config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+
+class _OursOnly(PydanticBaseSettingsSource):
+    """A ``.env`` is often shared with other tools: its keys that are not ours are not our business.
+
+    Keys with our prefix that name no setting still reach validation and are rejected.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._source = source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._source.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        return {
+            key: value for key, value in self._source().items() if key in fields or key.startswith("kairos_")
+        }
 
 
 def _config_file(*sources: PydanticBaseSettingsSource) -> Path | None:
@@ -129,6 +151,9 @@ def _config_file(*sources: PydanticBaseSettingsSource) -> Path | None:
         if value:
             path = Path(value)
             if not path.is_file():
-                raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+                raise FileNotFoundError(
+                    f"config file {str(path)!r} (--config / KAIROS_CONFIG) does not exist: "
+                    "name an existing TOML file"
+                )
             return path
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -34,11 +35,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
+def _positive(unit: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be a positive number of {unit}, got {text}")
+        return value
+
+    parse.__name__ = "number"  # argparse names the type in "invalid number value: 'x'"
+    return parse
 
 
 def _run_options() -> OneLineParser:
@@ -83,7 +88,12 @@ def _run_options() -> OneLineParser:
     )
     add("--log-level", choices=[level.value for level in LogLevel], help="[KAIROS_LOG_LEVEL; default info]")
     add("--config", type=Path, metavar="FILE", help="TOML file of settings [KAIROS_CONFIG; default none]")
-    add("--duration", type=_positive_float, metavar="SECONDS", help="stop cleanly after this many seconds")
+    add(
+        "--duration",
+        type=_positive("seconds"),
+        metavar="SECONDS",
+        help="stop cleanly after this many seconds",
+    )
     add("--max-ticks", type=_positive_int, metavar="N", help="stop cleanly after exactly N ticks received")
     return options
 
@@ -108,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--port", type=int, default=9443, help="port to listen on (default 9443; 0 picks one)"
     )
-    simulate.add_argument("--rate", type=_positive_float, default=10.0, help="frames per second (default 10)")
+    simulate.add_argument(
+        "--rate", type=_positive("frames per second"), default=10.0, help="frames per second (default 10)"
+    )
     simulate.add_argument("--seed", type=int, default=None, help="random-walk seed (default: random)")
     simulate.add_argument(
         "--id-base", type=int, default=None, help="first aggregate id (default: wall clock, µs)"

@@ -14,7 +14,7 @@ log = structlog.get_logger(__name__)
 
 
 def price_text(price: Decimal) -> str:
-    """Every significant digit, and at least two decimals: ``3098.07``, ``0.35130``, ``58001.00``."""
+    """Every significant digit, and at least two decimals: ``3098.07``, ``0.3513``, ``58001.00``."""
     plain = format(price.normalize(), "f")
     whole, _, fraction = plain.partition(".")
     return f"{whole}.{fraction.ljust(2, '0')}"

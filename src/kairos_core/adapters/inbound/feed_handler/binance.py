@@ -43,7 +43,8 @@ def binance_symbols(symbols: Iterable[str]) -> tuple[str, ...]:
     for symbol in symbols:
         if not _SYMBOL.fullmatch(symbol):
             raise ConfigurationError(
-                f"symbol {symbol!r} is invalid for Binance: use 2-20 letters and digits, e.g. btcusdt"
+                f"symbol {symbol!r} is invalid for Binance: "
+                "use 2-20 letters and digits, e.g. --symbols btcusdt"
             )
         normalised[symbol.lower()] = None
     if not normalised:

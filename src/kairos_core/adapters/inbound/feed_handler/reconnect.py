@@ -46,6 +46,10 @@ class ReconnectPolicy:
                 self._client_errors += 1
                 if self._client_errors >= self.max_client_errors:
                     raise FeedRefused(f"{error}, {self._client_errors} times in a row; {hint}") from error
+            else:
+                self._client_errors = 0
+        else:
+            self._client_errors = 0
         ceiling = min(self.max_delay, self.initial_delay * 2.0 ** min(self._attempt, 30))
         self._attempt += 1
         return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
