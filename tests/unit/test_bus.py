@@ -449,3 +449,38 @@ async def test_many_concurrent_subscribers_each_get_every_tick() -> None:
     for reader in readers:
         assert reader.result() == list(range(total))
     assert all(stats.lost == 0 and stats.received == total for stats in bus.stats())
+
+
+async def test_a_closed_subscription_stops_receiving() -> None:
+    bus = BroadcastBus(capacity=8)
+    ordinary, lossless = bus.subscribe("o"), bus.subscribe("l", lossless=True)
+    waiting = asyncio.create_task(ordinary.recv())
+    await asyncio.sleep(0)
+    ordinary.close()
+    lossless.close()
+    with pytest.raises(BusClosed):
+        await asyncio.wait_for(waiting, 5)
+    bus.publish(tick(0))
+    with pytest.raises(BusClosed):
+        ordinary.try_recv()
+    with pytest.raises(BusClosed):
+        await asyncio.wait_for(lossless.recv(), 5)
+
+
+async def test_cancelled_waits_leave_nothing_behind() -> None:
+    bus = BroadcastBus(capacity=2)
+    subscription = bus.subscribe("s")
+    full = bus.subscribe("full", lossless=True)
+    for seq in range(2):
+        bus.publish(tick(seq))
+    for _ in range(100):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(bus.writable(), 0.001)
+    assert bus._writers == []
+    for _ in range(2):
+        subscription.try_recv()
+    for _ in range(100):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(subscription.recv(), 0.001)
+    assert bus._readers == []
+    assert full.stats().depth == 2

@@ -13,6 +13,7 @@ Single event loop only: publish and receive from the loop's thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from dataclasses import dataclass
 from typing import cast
@@ -46,12 +47,13 @@ class Subscription:
     for`` ends at close; a ``Lagged`` propagates, and iterating again resumes.
     """
 
-    __slots__ = ("_bus", "_lost", "_next", "name", "received")
+    __slots__ = ("_bus", "_detached", "_lost", "_next", "name", "received")
 
     def __init__(self, bus: BroadcastBus, name: str) -> None:
         self._bus = bus
         self._next = bus._seq
         self._lost = 0
+        self._detached = False
         self.name = name
         self.received = 0
 
@@ -61,6 +63,8 @@ class Subscription:
 
     def try_recv(self) -> MarketTick | None:
         """The next tick if one is ready, else None; raises ``Lagged`` or ``BusClosed``."""
+        if self._detached:
+            raise BusClosed()
         bus = self._bus
         seq = bus._seq
         position = self._next
@@ -97,8 +101,10 @@ class Subscription:
         )
 
     def close(self) -> None:
-        """Stop receiving; the bus forgets this subscriber."""
+        """Stop receiving: the bus forgets this subscriber and its ``recv`` raises ``BusClosed``."""
+        self._detached = True
         self._bus._forget(self)
+        self._bus._wake_readers()
 
     def __aiter__(self) -> Subscription:
         return self
@@ -124,6 +130,8 @@ class LosslessSubscription(Subscription):
         return True
 
     def try_recv(self) -> MarketTick | None:
+        if self._detached:
+            raise BusClosed()
         queue = self._queue
         if queue:
             tick = queue.popleft()
@@ -201,9 +209,7 @@ class BroadcastBus:
     async def writable(self) -> None:
         """Return once no lossless subscriber is full (at once if none is, or the bus is closed)."""
         while self._saturated and not self._closed:
-            waiter = asyncio.get_running_loop().create_future()
-            self._writers.append(waiter)
-            await waiter
+            await _wait_in(self._writers)
 
     def close(self) -> None:
         """No more ticks: subscribers read what is left, then their iteration ends."""
@@ -215,9 +221,10 @@ class BroadcastBus:
         return [subscription.stats() for subscription in self._subscribers]
 
     async def _wait_for_publish(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
-        self._readers.append(waiter)
-        await waiter
+        await _wait_in(self._readers)
+
+    def _wake_readers(self) -> None:
+        _wake(self._readers)
 
     def _release(self, subscription: LosslessSubscription) -> None:
         if subscription in self._saturated:
@@ -231,6 +238,18 @@ class BroadcastBus:
         if isinstance(subscription, LosslessSubscription) and subscription in self._lossless:
             self._lossless.remove(subscription)
             self._release(subscription)
+
+
+async def _wait_in(waiters: list[asyncio.Future[None]]) -> None:
+    """Wait for the next ``_wake`` of ``waiters``; a cancelled wait leaves nothing behind."""
+    waiter = asyncio.get_running_loop().create_future()
+    waiters.append(waiter)
+    try:
+        await waiter
+    finally:
+        if not waiter.done() or waiter.cancelled():
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
 
 
 def _wake(waiters: list[asyncio.Future[None]]) -> None:
