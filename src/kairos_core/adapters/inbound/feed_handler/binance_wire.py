@@ -98,7 +98,7 @@ def parse_frame(
         received_at_ns = time.time_ns()
     try:
         payload = _combined_decoder.decode(raw).data
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError):
         return _parse_uncommon(raw, received_at_ns, source)
     if type(payload) is AggTrade:
         return _tick_from(payload, raw, received_at_ns, source)
@@ -136,7 +136,7 @@ def _tick_from(trade: AggTrade, raw: bytes | str, received_at_ns: int, source: T
 def _parse_uncommon(raw: bytes | str, received_at_ns: int, source: TickSource) -> MarketTick | ControlFrame:
     try:
         frame = _any_decoder.decode(raw)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeError) as e:  # bad UTF-8 in a string, lone surrogates
         raise FrameRejected(RejectReason.JSON, raw, str(e)) from None
     if not isinstance(frame, dict):
         raise FrameRejected(RejectReason.SCHEMA, raw, "a frame must be a JSON object")
@@ -156,9 +156,13 @@ def _parse_uncommon(raw: bytes | str, received_at_ns: int, source: TickSource) -
         return _tick_from(_convert(payload, AggTrade, raw), raw, received_at_ns, source)
     if event == "serverShutdown":
         return ServerShutdown(event_time_ms=_convert(payload, ServerShutdownEvent, raw).E)
-    if event is None and not combined:
+    if "e" in payload and not isinstance(event, str):
+        raise FrameRejected(RejectReason.TYPE, raw, "the event type 'e' must be a string")
+    stream = frame.get("stream")
+    # bookTicker data has no 'e'; a frame on an aggTrade stream without one is a broken trade
+    if event is None and (not combined or str(stream).endswith("@aggTrade")):
         raise FrameRejected(RejectReason.SCHEMA, raw, "no event type 'e', result or error")
-    name = event if isinstance(event, str) else frame.get("stream")
+    name = event if event is not None else stream
     raise FrameRejected(RejectReason.UNKNOWN_EVENT, raw, f"not consumed here: {name!r}")
 
 
@@ -192,8 +196,8 @@ def encode_agg_trade(tick: MarketTick, *, combined: bool = True) -> bytes:
         "E": tick.event_time_ms if tick.event_time_ms is not None else tick.timestamp_ms,
         "s": tick.symbol,
         "a": tick.trade_id,
-        "p": str(tick.price),
-        "q": str(tick.volume),
+        "p": f"{tick.price:f}",  # str() would write 1E-7 style exponents, which Binance never sends
+        "q": f"{tick.volume:f}",
         "f": tick.first_trade_id,
         "l": tick.last_trade_id,
         "T": tick.timestamp_ms,

@@ -1,0 +1,84 @@
+"""Hypothesis strategies shared by the unit tests: Binance aggTrade fields and the ticks they carry.
+
+Built from the documented wire format only, never from the parser or its encoder, so a test that
+feeds these to ``parse_frame`` checks the parser against an independent description.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import strategies as st
+
+from kairos_core.domain import Exchange, MarketTick, Side, TickSource
+
+MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last millisecond datetime holds
+MAX_ID = 2**63 - 1  # Binance ids are stored as bigint
+
+binance_symbols = st.from_regex(r"[A-Z0-9]{2,20}", fullmatch=True)
+epoch_ms = st.integers(0, MAX_EPOCH_MS)
+trade_ids = st.integers(0, MAX_ID)
+received_at_ns = st.integers(0, 2**63 - 1)
+tick_sources = st.sampled_from(TickSource)
+
+_integer_parts = st.one_of(st.just("0"), st.integers(1, 10**15).map(str))  # many "0.xxx" values
+_fraction_digits = st.text("0123456789", max_size=18)
+
+
+@st.composite
+def decimal_strings(draw: st.DrawFn) -> str:
+    """A positive decimal as Binance writes it: "58001.03000000", "0.00000010", "7" (any scale)."""
+    integer, fraction = draw(_integer_parts), draw(_fraction_digits)
+    if integer == "0" and not fraction.strip("0"):
+        fraction = fraction[:-1] + draw(st.sampled_from("123456789"))  # keep it positive
+    return f"{integer}.{fraction}" if fraction else integer
+
+
+@st.composite
+def agg_trade_data(draw: st.DrawFn, symbol: st.SearchStrategy[str] = binance_symbols) -> dict[str, Any]:
+    """The ``data`` object of a valid aggTrade event, as ``json.loads`` would return it."""
+    first, last = sorted((draw(trade_ids), draw(trade_ids)))
+    return {
+        "e": "aggTrade",
+        "E": draw(epoch_ms),
+        "s": draw(symbol),
+        "a": draw(trade_ids),
+        "p": draw(decimal_strings()),
+        "q": draw(decimal_strings()),
+        "f": first,
+        "l": last,
+        "T": draw(epoch_ms),
+        "m": draw(st.booleans()),
+        "M": draw(st.booleans()),
+    }
+
+
+def tick_from_agg_trade(
+    data: dict[str, Any], received_at_ns: int, source: TickSource = TickSource.LIVE
+) -> MarketTick:
+    """The tick a valid aggTrade ``data`` object stands for, written out from Binance's docs."""
+    return MarketTick(
+        symbol=data["s"],
+        exchange=Exchange.BINANCE,
+        price=Decimal(data["p"]),
+        volume=Decimal(data["q"]),
+        side=Side.SELL if data["m"] else Side.BUY,  # m: the buyer is the maker, so the taker sold
+        trade_id=data["a"],
+        first_trade_id=data["f"],
+        last_trade_id=data["l"],
+        timestamp_ms=data["T"],
+        event_time_ms=data["E"],
+        received_at_ns=received_at_ns,
+        source=source,
+    )
+
+
+@st.composite
+def market_ticks(
+    draw: st.DrawFn,
+    symbol: st.SearchStrategy[str] = binance_symbols,
+    source: st.SearchStrategy[TickSource] = tick_sources,
+) -> MarketTick:
+    """A valid Binance MarketTick: every field a real aggTrade frame could carry."""
+    return tick_from_agg_trade(draw(agg_trade_data(symbol)), draw(received_at_ns), draw(source))
