@@ -13,10 +13,11 @@ requests (``{"result":null,"id":1}``), error replies (``{"code":2,"msg":"...","i
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -26,24 +27,29 @@ _MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instan
 _MAX_ID = 2**63 - 1  # ids are stored as bigint
 
 
+# Range checks live in the decoder (C) rather than in Python on every frame.
+_EpochMs = Annotated[int, msgspec.Meta(ge=0, le=_MAX_EPOCH_MS)]
+_Id = Annotated[int, msgspec.Meta(ge=0, le=_MAX_ID)]
+
+
 class AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade", gc=False):
     """The ``data`` of an aggTrade event. Extra fields (``M``, future ones) are ignored."""
 
-    E: int  # event time, epoch ms
-    s: str  # symbol, uppercase
-    a: int  # aggregate trade id: consecutive per symbol
+    E: _EpochMs  # event time, epoch ms
+    s: Annotated[str, msgspec.Meta(min_length=1)]  # symbol, uppercase
+    a: _Id  # aggregate trade id: consecutive per symbol
     p: str  # price, a decimal string
     q: str  # quantity, a decimal string
-    f: int  # first trade id in the aggregate
-    l: int  # last trade id in the aggregate
-    T: int  # trade time, epoch ms
+    f: _Id  # first trade id in the aggregate
+    l: _Id  # last trade id in the aggregate
+    T: _EpochMs  # trade time, epoch ms
     m: bool  # buyer is the maker: the taker sold
 
 
 class ServerShutdownEvent(msgspec.Struct, tag_field="e", tag="serverShutdown", gc=False):
     """``{"e":"serverShutdown","E":...}``: the server will close this connection soon."""
 
-    E: int  # event time, epoch ms
+    E: _EpochMs  # event time, epoch ms
 
 
 class _CombinedFrame(msgspec.Struct, gc=False):
@@ -82,6 +88,8 @@ _combined_decoder = msgspec.json.Decoder(_CombinedFrame)
 _any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 _SELL, _BUY, _BINANCE = Side.SELL, Side.BUY, Exchange.BINANCE
+_new_tuple = tuple.__new__
+_BOUND_VIOLATED = re.compile(r"` (?:>=|<=|of length >=) ")  # msgspec: "Expected `int` >= 0 - at `$.a`"
 
 
 def parse_frame(
@@ -108,28 +116,30 @@ def parse_frame(
 def _tick_from(trade: AggTrade, raw: bytes | str, received_at_ns: int, source: TickSource) -> MarketTick:
     try:
         price, volume = Decimal(trade.p), Decimal(trade.q)
-        valid_amounts = price.is_finite() and volume.is_finite() and price > 0 and volume > 0
-    except InvalidOperation:
+        valid_amounts = price > 0 and volume > 0 and price.is_finite() and volume.is_finite()
+    except InvalidOperation:  # not a number, or NaN in a comparison
         valid_amounts = False
     if not valid_amounts:
         raise FrameRejected(RejectReason.VALUE, raw, "price and quantity must be finite positive decimals")
-    if not (0 <= trade.T <= _MAX_EPOCH_MS and 0 <= trade.E <= _MAX_EPOCH_MS):
-        raise FrameRejected(RejectReason.VALUE, raw, "trade or event time out of range")
-    if not (0 <= trade.f <= trade.l <= _MAX_ID and 0 <= trade.a <= _MAX_ID and trade.s):
-        raise FrameRejected(RejectReason.VALUE, raw, "need 0 <= f <= l < 2**63, 0 <= a < 2**63, a symbol")
-    return MarketTick(
-        trade.s,
-        _BINANCE,
-        price,
-        volume,
-        _SELL if trade.m else _BUY,
-        trade.a,
-        trade.f,
-        trade.l,
-        trade.T,
-        trade.E,
-        received_at_ns,
-        source,
+    if trade.f > trade.l:
+        raise FrameRejected(RejectReason.VALUE, raw, "first trade id f is after last trade id l")
+    # tuple.__new__ skips NamedTuple's generated Python __new__: 0.3 us a tick, same immutable value.
+    return _new_tuple(
+        MarketTick,
+        (
+            trade.s,
+            _BINANCE,
+            price,
+            volume,
+            _SELL if trade.m else _BUY,
+            trade.a,
+            trade.f,
+            trade.l,
+            trade.T,
+            trade.E,
+            received_at_ns,
+            source,
+        ),
     )
 
 
@@ -173,7 +183,7 @@ def _convert(payload: dict[str, Any], kind: type[_Event], raw: bytes | str) -> _
         message = str(e)
         if message.startswith("Object missing required field"):
             reason = RejectReason.SCHEMA
-        elif message.startswith("Expected"):
+        elif message.startswith("Expected") and not _BOUND_VIOLATED.search(message):
             reason = RejectReason.TYPE
         else:
             reason = RejectReason.VALUE
