@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-
 from pathlib import Path
 
 import pytest
@@ -269,7 +268,11 @@ def _accept(key: bytes) -> bytes:
     ("recording", "symbols", "expected"),
     [
         # Literal counts from shared/data/real/SOURCES.md, not computed by our code.
-        ("BINANCE-ee25be.0", ("btcusdt", "ethusdt", "dotusdt"), {"BTCUSDT": 1227, "ETHUSDT": 506, "DOTUSDT": 177}),
+        (
+            "BINANCE-ee25be.0",
+            ("btcusdt", "ethusdt", "dotusdt"),
+            {"BTCUSDT": 1227, "ETHUSDT": 506, "DOTUSDT": 177},
+        ),
     ],
 )
 async def test_replaying_a_recording_delivers_every_recorded_trade(
@@ -284,8 +287,7 @@ async def test_replaying_a_recording_delivers_every_recorded_trade(
         counter = TickCounter(bus, limit=total)
         reached = asyncio.Event()
         counter.on_limit = reached.set
-        # The replay starts at once: connect before it has gone past the first frames by
-        # replaying to a client that is already subscribed (the simulator waits for one).
+        # The simulator starts a replay when the first client connects.
         feed = feed_for(sim, counter, symbols=symbols)
         await run_until(feed, reached)
         bus.close()

@@ -1,8 +1,9 @@
 """A local Binance spot market-stream server: combined aggTrade streams and ``exchangeInfo``.
 
 Trades come from a seeded random walk at ``rate`` frames per second (spread over the symbols) or
-from a recording. Aggregate ids start from a wall-clock base (microseconds since the epoch) so
-they keep rising across restarts, as a real exchange's do; ``id_base`` pins them for tests.
+from a recording, replayed once from the moment the first client connects. Aggregate ids start
+from a wall-clock base (microseconds since the epoch) so they keep rising across restarts, as a
+real exchange's do; ``id_base`` pins them for tests.
 Test hooks: ``inject`` sends any frame, ``drop_connections`` cuts every client, and
 ``handshake_status`` answers every stream handshake with that HTTP status instead.
 """
@@ -89,6 +90,7 @@ class BinanceSimulator:
             raise ValueError(f"rate must be positive, got {rate}")
         self.rate = rate
         self.handshake_status = handshake_status
+        self._replaying = replay is not None
         if replay is not None:
             recorded = list(recorded_agg_trades(replay))
             self.symbols = tuple(dict.fromkeys(symbol for symbol, _ in recorded))
@@ -98,6 +100,7 @@ class BinanceSimulator:
             base = id_base if id_base is not None else time.time_ns() // 1000
             self._frames = _RandomWalk(self.symbols, seed, base).frames()
         self._clients: dict[ServerConnection, frozenset[str]] = {}
+        self._first_client = asyncio.Event()
         self._server: Server | None = None
         self._producer: asyncio.Task[None] | None = None
         self.handshakes = 0
@@ -177,12 +180,15 @@ class BinanceSimulator:
         streams = parse_qs(urlsplit(request.path).query).get("streams", [""])[0] if request else ""
         symbols = frozenset(s.split("@", 1)[0] for s in streams.split("/") if s.endswith("@aggTrade"))
         self._clients[connection] = symbols
+        self._first_client.set()
         try:
             await connection.wait_closed()
         finally:
             del self._clients[connection]
 
     async def _produce(self) -> None:
+        if self._replaying:  # a recording is finite: start it when somebody listens
+            await self._first_client.wait()
         loop = asyncio.get_running_loop()
         started = loop.time()
         produced = 0
