@@ -213,9 +213,11 @@ async def test_other_client_errors_are_retried_five_times_then_refused() -> None
 async def test_a_silent_connection_is_replaced_by_the_watchdog() -> None:
     """A server that completes the handshake, then neither sends nor answers pings."""
     handshakes = 0
+    writers: list[asyncio.StreamWriter] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal handshakes
+        writers.append(writer)
         request = await reader.readuntil(b"\r\n\r\n")
         key = next(
             line.split(b":", 1)[1].strip()
@@ -228,7 +230,7 @@ async def test_a_silent_connection_is_replaced_by_the_watchdog() -> None:
         )
         await writer.drain()
         handshakes += 1
-        await asyncio.sleep(30)  # silent: read nothing, answer nothing
+        await reader.read()  # silent: swallow pings and answer nothing until the client leaves
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -254,6 +256,9 @@ async def test_a_silent_connection_is_replaced_by_the_watchdog() -> None:
         assert feed.reconnects >= 1
     finally:
         server.close()
+        for writer in writers:
+            writer.close()
+        await server.wait_closed()
 
 
 def _accept(key: bytes) -> bytes:
