@@ -19,6 +19,7 @@ from kairos_core.bootstrap.compose import build_service
 from kairos_core.bootstrap.logging import configure_logging
 from kairos_core.domain import ConfigurationError, FeedRefused
 from kairos_core.settings import Settings
+from kairos_core.simulator.benchmark import BenchmarkServer
 from kairos_core.simulator.binance import BinanceSimulator
 
 EXIT_CONFIG = 2
@@ -60,9 +61,24 @@ async def _serve(settings: Settings, run: dict[str, Any]) -> None:
 
 
 async def _simulate(settings: Settings, run: dict[str, Any]) -> None:
-    simulator = BinanceSimulator(
-        settings.symbols, rate=run["rate"], seed=run["seed"], id_base=run["id_base"], replay=run["replay"]
-    )
+    simulator: BinanceSimulator | BenchmarkServer
+    if run["bench"]:
+        simulator = BenchmarkServer(
+            settings.symbols,
+            count=run["count"],
+            rate=run["rate"],
+            send_log=run["send_log"],
+            seed=run["seed"] if run["seed"] is not None else 1,
+            id_base=run["id_base"] if run["id_base"] is not None else 1,
+        )
+    else:
+        simulator = BinanceSimulator(
+            settings.symbols,
+            rate=run["rate"] or 10.0,
+            seed=run["seed"],
+            id_base=run["id_base"],
+            replay=run["replay"],
+        )
     await simulator.start(run["host"], run["port"])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

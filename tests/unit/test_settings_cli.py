@@ -343,10 +343,13 @@ def test_simulate_defaults() -> None:
         "command": "simulate",
         "host": "127.0.0.1",
         "port": 9443,
-        "rate": 10.0,
+        "rate": None,  # 10 frames/s for the random walk; as fast as the client reads with --bench
         "seed": None,
         "id_base": None,
         "replay": None,
+        "bench": False,
+        "count": 500_000,
+        "send_log": None,
     }
 
 

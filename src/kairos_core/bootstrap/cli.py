@@ -18,7 +18,20 @@ from kairos_core.settings import (
 )
 
 # Run options that are not settings: they shape one run, not the service's configuration.
-RUN_ONLY = ("duration", "max_ticks", "command", "port", "host", "rate", "seed", "id_base", "replay")
+RUN_ONLY = (
+    "duration",
+    "max_ticks",
+    "command",
+    "port",
+    "host",
+    "rate",
+    "seed",
+    "id_base",
+    "replay",
+    "bench",
+    "count",
+    "send_log",
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -119,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=9443, help="port to listen on (default 9443; 0 picks one)"
     )
     simulate.add_argument(
-        "--rate", type=_positive("frames per second"), default=10.0, help="frames per second (default 10)"
+        "--rate",
+        type=_positive("frames per second"),
+        default=None,
+        help="frames per second (default 10; with --bench: as fast as the client reads)",
     )
     simulate.add_argument("--seed", type=int, default=None, help="random-walk seed (default: random)")
     simulate.add_argument(
@@ -127,6 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument(
         "--replay", type=Path, default=None, help="replay a recording instead of a random walk"
+    )
+    simulate.add_argument(
+        "--bench",
+        action="store_true",
+        default=False,
+        help="benchmark mode: pre-encoded frames, one run per client",
+    )
+    simulate.add_argument(
+        "--count",
+        type=_positive_int,
+        default=500_000,
+        help="with --bench: frames per client (default 500000)",
+    )
+    simulate.add_argument(
+        "--send-log",
+        type=Path,
+        default=None,
+        help="with --bench --rate: write symbol,trade_id,send_ns per frame",
     )
     return parser
 

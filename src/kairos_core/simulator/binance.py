@@ -1,5 +1,9 @@
-"""A local Binance spot market-stream server: combined aggTrade streams and ``exchangeInfo``.
+"""A local Binance spot market-stream server: raw and combined aggTrade streams and ``exchangeInfo``.
 
+``/ws/<stream>`` sends the ``data`` object alone, ``/stream?streams=a/b`` wraps it as
+``{"stream":...,"data":...}``; either may open bare and change its streams with live requests
+(``subscriptions.py``). Clients are pinged every ``ping_interval`` seconds and dropped after a
+minute without a pong, as Binance does.
 Trades come from a seeded random walk at ``rate`` frames per second (spread over the symbols) or
 from a recording, replayed once from the moment the first client connects. Aggregate ids start
 from a wall-clock base (microseconds since the epoch) so they keep rising across restarts, as a
@@ -29,6 +33,7 @@ from websockets.http11 import Request, Response
 from kairos_core.adapters.inbound.feed_handler.binance_wire import encode_agg_trade
 from kairos_core.domain import Exchange, MarketTick, Side
 from kairos_core.simulator.recordings import recorded_agg_trades
+from kairos_core.simulator.subscriptions import Subscriptions
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +41,19 @@ _PRICE_STEP = Decimal("0.01")
 _QUANTITY_STEP = Decimal("0.00000001")
 _STARTING_PRICES = {"btcusdt": 60_000, "ethusdt": 3_000, "bnbusdt": 500, "solusdt": 150}
 _INVALID_SYMBOL = msgspec.json.encode({"code": -1121, "msg": "Invalid symbol."}).decode()
+_PONG_TIMEOUT = 60.0  # Binance drops a connection that has not answered a ping within a minute
+
+
+class _Envelope(msgspec.Struct):
+    data: msgspec.Raw
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+
+
+def _data_of(combined_frame: bytes) -> bytes:
+    """A combined frame's raw-stream form: its ``data`` object, the bytes as they are."""
+    return bytes(_envelope.decode(combined_frame).data)
 
 
 class _RandomWalk:
@@ -74,7 +92,10 @@ class _RandomWalk:
 
 
 class BinanceSimulator:
-    """Serves ``/stream?streams=<symbol>@aggTrade/...`` and ``GET /api/v3/exchangeInfo``."""
+    """Serves ``/ws/<symbol>@aggTrade``, ``/stream?streams=...`` and ``GET /api/v3/exchangeInfo``.
+
+    ``ping_interval=None`` turns the server's pings off.
+    """
 
     def __init__(
         self,
@@ -85,10 +106,12 @@ class BinanceSimulator:
         id_base: int | None = None,
         replay: Path | None = None,
         handshake_status: int | None = None,
+        ping_interval: float | None = 20.0,
     ) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be positive, got {rate}")
         self.rate = rate
+        self.ping_interval = ping_interval
         self.handshake_status = handshake_status
         self._replaying = replay is not None
         if replay is not None:
@@ -99,7 +122,7 @@ class BinanceSimulator:
             self.symbols = tuple(symbol.lower() for symbol in symbols)
             base = id_base if id_base is not None else time.time_ns() // 1000
             self._frames = _RandomWalk(self.symbols, seed, base).frames()
-        self._clients: dict[ServerConnection, frozenset[str]] = {}
+        self._clients: dict[ServerConnection, Subscriptions] = {}
         self._first_client = asyncio.Event()
         self._server: Server | None = None
         self._producer: asyncio.Task[None] | None = None
@@ -118,7 +141,15 @@ class BinanceSimulator:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen and start producing; returns the bound port."""
-        self._server = await serve(self._session, host, port, process_request=self._route, compression=None)
+        self._server = await serve(
+            self._session,
+            host,
+            port,
+            process_request=self._route,
+            compression=None,
+            ping_interval=self.ping_interval,
+            ping_timeout=_PONG_TIMEOUT,
+        )
         self._producer = asyncio.create_task(self._produce())
         log.info("simulator.listening", host=host, port=self.port, symbols=list(self.symbols), rate=self.rate)
         return self.port
@@ -156,8 +187,8 @@ class BinanceSimulator:
         url = urlsplit(request.path)
         if url.path == "/api/v3/exchangeInfo":
             return self._exchange_info(connection, parse_qs(url.query))
-        if url.path.rstrip("/") != "/stream":
-            return connection.respond(HTTPStatus.NOT_FOUND, "unknown path\n")
+        if Subscriptions.for_target(request.path, self.symbols) is None:
+            return connection.respond(HTTPStatus.NOT_FOUND, "unknown path: use /ws/<stream> or /stream\n")
         self.handshakes += 1
         if self.handshake_status is not None:
             return connection.respond(self.handshake_status, "refused by the simulator\n")
@@ -176,13 +207,18 @@ class BinanceSimulator:
         return _json(connection, HTTPStatus.OK, msgspec.json.encode(body).decode())
 
     async def _session(self, connection: ServerConnection) -> None:
-        request = connection.request
-        streams = parse_qs(urlsplit(request.path).query).get("streams", [""])[0] if request else ""
-        symbols = frozenset(s.split("@", 1)[0] for s in streams.split("/") if s.endswith("@aggTrade"))
-        self._clients[connection] = symbols
+        target = connection.request.path if connection.request else ""
+        subscriptions = Subscriptions.for_target(target, self.symbols)
+        if subscriptions is None:  # _route lets only stream paths through
+            return
+        self._clients[connection] = subscriptions
         self._first_client.set()
         try:
-            await connection.wait_closed()
+            async for request in connection:
+                # answer() applies the request at once: a frame sent after the reply follows it.
+                await connection.send(subscriptions.answer(request), text=True)
+        except ConnectionClosed:
+            pass
         finally:
             del self._clients[connection]
 
@@ -198,11 +234,17 @@ class BinanceSimulator:
             if delay > 0:
                 await asyncio.sleep(delay)
             produced += 1
-            for client, symbols in list(self._clients.items()):
-                if symbol in symbols:
-                    with contextlib.suppress(ConnectionClosed):
-                        await client.send(frame)
-                        self.frames_sent += 1
+            raw_frame: bytes | None = None
+            for client, subscriptions in list(self._clients.items()):
+                if symbol not in subscriptions.symbols:
+                    continue
+                if subscriptions.combined:
+                    payload = frame
+                else:  # a raw stream: the data object, cut out once per frame
+                    payload = raw_frame = raw_frame or _data_of(frame)
+                with contextlib.suppress(ConnectionClosed):
+                    await client.send(payload, text=True)  # Binance sends text frames
+                    self.frames_sent += 1
         log.info("simulator.replay_done", frames=produced)
 
 

@@ -130,11 +130,16 @@ class BinanceFeedHandler(MarketFeedPort):
         try:
             if self._stopping.is_set():
                 return
-            await session.pump(self._on_frame, self._sink.writable)
+            await session.pump(self._on_frame, self._ready)
         finally:
             watchdog.cancel()
             self._session = None
             await session.close()
+
+    async def _ready(self) -> None:
+        """Between batches of frames: wait for room on the bus, then let the consumers run."""
+        await self._sink.writable()
+        await asyncio.sleep(0)
 
     def _on_frame(self, raw: Frame) -> None:
         self._frames += 1

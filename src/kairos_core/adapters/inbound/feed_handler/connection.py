@@ -17,6 +17,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from kairos_core.domain import FeedDisconnected
 
 Frame = bytes | str
+READY_EVERY = 64
+"""Frames between two ``ready()`` calls: small against the bus capacity (1000) so a consumer that
+keeps up never lags, large enough that the call costs nothing per frame."""
 FrameHandler = Callable[[Frame], object]
 Ready = Callable[[], Awaitable[None]]
 
@@ -33,9 +36,11 @@ class WebSocketSession(Protocol):
     """One open connection."""
 
     async def pump(self, on_frame: FrameHandler, ready: Ready) -> None:
-        """Hand every received frame to ``on_frame``, awaiting ``ready()`` before each read.
+        """Hand every received frame to ``on_frame``; await ``ready()`` every ``READY_EVERY`` frames.
 
-        Returns never; raises ``FeedDisconnected`` (with the reason) when the connection ends.
+        ``ready`` is where the feed yields: to back-pressure from the bus and to the event loop,
+        so consumers run between batches even while the socket never runs dry. Returns never;
+        raises ``FeedDisconnected`` (with the reason) when the connection ends.
         """
         ...
 
@@ -88,12 +93,14 @@ class WebsocketsSession(WebSocketSession):
 
     async def pump(self, on_frame: FrameHandler, ready: Ready) -> None:
         recv = self._connection.recv
+        batch = range(READY_EVERY)
         try:
             while True:
                 await ready()
-                # decode=False: text frames arrive as bytes, skipping a UTF-8 decode the parser
-                # does not need.
-                on_frame(await recv(decode=False))
+                for _ in batch:
+                    # decode=False: text frames arrive as bytes, skipping a UTF-8 decode the
+                    # parser does not need.
+                    on_frame(await recv(decode=False))
         except ConnectionClosed as e:
             raise FeedDisconnected(f"connection closed: {_close_reason(e)}") from e
         except OSError as e:

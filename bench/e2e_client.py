@@ -1,0 +1,100 @@
+"""One benchmark client process: reads ``--count`` frames from a simulator and reports as JSON.
+
+``--mode kairos``: the real pipeline (BinanceFeedHandler -> BroadcastBus -> a counting subscriber).
+``--mode bare``: the floor, a bare ``websockets`` client that only decodes each frame with orjson.
+CPU and wall time run from the opening of the connection to the last frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import orjson
+from websockets.asyncio.client import connect
+
+from kairos_core.adapters.inbound.feed_handler.binance import BinanceFeedHandler
+from kairos_core.application.bus import BroadcastBus, Subscription
+from kairos_core.domain import Lagged
+
+
+class Clock:
+    """Process CPU and wall time between ``start`` and ``stop``."""
+
+    def start(self) -> None:
+        self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        return {"cpu_s": time.process_time() - self.cpu0, "wall_s": time.perf_counter() - self.wall0}
+
+
+async def bare(url: str, count: int) -> dict[str, float]:
+    clock = Clock()
+    clock.start()
+    async with connect(url, compression=None, max_queue=None) as websocket:
+        recv, loads = websocket.recv, orjson.loads
+        for _ in range(count):
+            loads(await recv(decode=False))
+        result = clock.stop()
+    return result | {"received": count, "lost": 0}
+
+
+async def kairos(url: str, count: int, symbols: list[str], recv_log: Path | None) -> dict[str, float]:
+    """The pipeline; with ``recv_log``, each tick's arrival at the subscriber is written there."""
+    bus = BroadcastBus()
+    subscription = bus.subscribe("counter")
+    feed = BinanceFeedHandler(bus, symbols, url=url, rest_url=None)
+    clock = Clock()
+    clock.start()
+    feed_task = asyncio.create_task(feed.start())
+    received, lost, arrivals = await count_ticks(subscription, count, recv_log is not None)
+    result = clock.stop()
+    await feed.stop()
+    await feed_task
+    if recv_log is not None:
+        await asyncio.to_thread(recv_log.write_text, "".join(f"{s},{i},{ns}\n" for s, i, ns in arrivals))
+    return result | {"received": received, "lost": lost}
+
+
+async def count_ticks(
+    subscription: Subscription, count: int, keep_arrivals: bool
+) -> tuple[int, int, list[tuple[str, int, int]]]:
+    """The counting subscriber: reads until ``count`` ticks arrived or were lost."""
+    received = lost = 0
+    arrivals: list[tuple[str, int, int]] = []
+    while received + lost < count:
+        try:
+            tick = await subscription.recv()
+        except Lagged as e:
+            lost += e.missed
+            continue
+        received += 1
+        if keep_arrivals:
+            arrivals.append((tick.symbol, tick.trade_id, time.time_ns()))
+    return received, lost, arrivals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=["bare", "kairos"], required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--symbols", required=True)
+    parser.add_argument("--recv-log", type=Path)
+    args = parser.parse_args()
+    symbols = args.symbols.split(",")
+    url = f"ws://127.0.0.1:{args.port}/stream?streams=" + "/".join(f"{s}@aggTrade" for s in symbols)
+    if args.mode == "bare":
+        result = asyncio.run(bare(url, args.count))
+    else:
+        base = f"ws://127.0.0.1:{args.port}/stream"
+        result = asyncio.run(kairos(base, args.count, symbols, args.recv_log))
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

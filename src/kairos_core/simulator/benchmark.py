@@ -1,0 +1,134 @@
+"""The simulator at benchmark speed: pre-encoded WebSocket frames written straight to the socket.
+
+Every client gets the same ``count`` aggTrade frames (ids consecutive per symbol), either as fast
+as its socket drains (``rate=None``) or paced at ``rate`` frames per second. The frames are
+encoded and WebSocket-framed before the first client connects, and written in large chunks past
+the library's per-message ``send``, so one core pushes far more than a Python client can read.
+With ``send_log``, each frame's send time is written as ``symbol,trade_id,send_ns`` lines (paced
+runs only: latency is measured at a steady rate, not while blasting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from kairos_core.simulator.binance import _RandomWalk
+
+log = structlog.get_logger(__name__)
+
+_CHUNK_FRAMES = 512
+_WRITE_LIMITS = (4 << 20, 1 << 20)  # transport buffer: pause writing above 4 MiB, resume below 1 MiB
+_PACE_STEP = 0.001  # seconds between paced writes
+
+
+class _Frame(msgspec.Struct):
+    stream: str
+    data: _Data
+
+
+class _Data(msgspec.Struct):
+    a: int
+
+
+def websocket_text_frame(payload: bytes) -> bytes:
+    """An unmasked final text frame (server to client, RFC 6455 section 5.2)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
+class BenchmarkServer:
+    """Serves ``/stream`` (any query) with the prepared frames; one run per connection."""
+
+    def __init__(
+        self,
+        symbols: Iterable[str],
+        *,
+        count: int,
+        rate: float | None = None,
+        send_log: Path | None = None,
+        seed: int = 1,
+        id_base: int = 1,
+    ) -> None:
+        walk = _RandomWalk([s.lower() for s in symbols], seed, id_base).frames()
+        decode = msgspec.json.Decoder(_Frame).decode
+        self._keys: list[tuple[str, int]] = []
+        self._frames: list[bytes] = []
+        for _, (symbol, payload) in zip(range(count), walk, strict=False):
+            self._keys.append((symbol.upper(), decode(payload).data.a))
+            self._frames.append(websocket_text_frame(payload))
+        self._chunks = [
+            b"".join(self._frames[i : i + _CHUNK_FRAMES]) for i in range(0, len(self._frames), _CHUNK_FRAMES)
+        ]
+        self.rate = rate
+        self._send_log = send_log
+        self._server: Server | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self._frames)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        # No keepalive pings from this side: nothing else may write to the socket mid-chunk.
+        self._server = await serve(
+            self._session, host, port, ping_interval=None, compression=None, write_limit=_WRITE_LIMITS
+        )
+        bound = int(self._server.sockets[0].getsockname()[1])
+        log.info("simulator.benchmark_ready", port=bound, frames=self.count, rate=self.rate)
+        return bound
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _session(self, connection: ServerConnection) -> None:
+        started = time.perf_counter()
+        if self.rate is None:
+            await self._blast(connection)
+        else:
+            await self._paced(connection.transport, self.rate)
+        log.info(
+            "simulator.benchmark_sent",
+            frames=self.count,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        await connection.wait_closed()
+
+    async def _blast(self, connection: ServerConnection) -> None:
+        transport = connection.transport
+        for chunk in self._chunks:
+            if transport.is_closing():
+                return
+            transport.write(chunk)
+            await connection.drain()  # waits only while the transport is above its high-water mark
+
+    async def _paced(self, transport: asyncio.WriteTransport, rate: float) -> None:
+        send_ns = [0] * self.count
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        sent = 0
+        while sent < self.count and not transport.is_closing():
+            due = min(self.count, int((loop.time() - begin) * rate) + 1)
+            while sent < due:
+                transport.write(self._frames[sent])
+                send_ns[sent] = time.time_ns()
+                sent += 1
+            await asyncio.sleep(_PACE_STEP)
+        if self._send_log is not None:
+            lines = (
+                f"{symbol},{trade_id},{ns}\n"
+                for (symbol, trade_id), ns in zip(self._keys, send_ns, strict=True)
+            )
+            await asyncio.to_thread(self._send_log.write_text, "".join(lines))

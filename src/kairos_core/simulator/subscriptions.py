@@ -1,0 +1,169 @@
+"""One market-stream connection's streams, and Binance's live requests that change them.
+
+A client may send, as text JSON, ``{"method":"SUBSCRIBE","params":["btcusdt@aggTrade"],"id":1}``
+(also ``UNSUBSCRIBE``, ``LIST_SUBSCRIPTIONS``, and ``SET_PROPERTY``/``GET_PROPERTY`` for the
+``combined`` framing) and gets ``{"result":...,"id":1}`` or ``{"code":2,"msg":"...","id":1}``.
+Error codes as Binance documents them: 0 unknown property, 1 a property value that is not a
+boolean, 2 an invalid request, 3 invalid JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+
+_METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
+_STREAM = re.compile(r"([a-z0-9]+)@([A-Za-z0-9_@]+)")  # btcusdt@aggTrade, btcusdt@depth@100ms
+_MAX_ID = 2**64 - 1
+_UNKNOWN_PROPERTY, _NOT_BOOLEAN, _INVALID_REQUEST, _INVALID_JSON = 0, 1, 2, 3
+_encoder = msgspec.json.Encoder()
+
+RequestId = int | str | None
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        self.message = message
+
+
+class Subscriptions:
+    """The streams one connection listens to, changed by the client's requests as Binance does.
+
+    ``symbols`` are the symbols whose aggTrade frames the connection receives; other streams
+    (``btcusdt@depth``) are accepted and listed but carry nothing here. ``combined`` says whether
+    frames go out as ``{"stream":...,"data":...}`` or as the ``data`` object alone.
+    """
+
+    def __init__(self, listed: Iterable[str], streams: Iterable[str] = (), *, combined: bool) -> None:
+        self.combined = combined
+        self.symbols: frozenset[str] = frozenset()
+        self._listed = frozenset(listed)
+        self._streams = dict.fromkeys(streams)  # a dict keeps subscription order, without repeats
+        self._streams_changed()
+
+    @classmethod
+    def for_target(cls, target: str, listed: Iterable[str]) -> Subscriptions | None:
+        """What a handshake to ``target`` opens with; None if it is not a stream path.
+
+        ``/ws`` and ``/ws/<stream>`` are raw, ``/stream`` and ``/stream?streams=a/b`` combined.
+        """
+        url = urlsplit(target)
+        path = url.path.rstrip("/")
+        if path == "/stream":
+            streams = parse_qs(url.query).get("streams", [""])[0]
+            return cls(listed, filter(None, streams.split("/")), combined=True)
+        if path == "/ws":
+            return cls(listed, combined=False)
+        stream = path.removeprefix("/ws/")
+        if stream != path and "/" not in stream:
+            return cls(listed, (stream,), combined=False)
+        return None
+
+    def answer(self, message: str | bytes) -> bytes:
+        """Carry out one client request; the reply to send back."""
+        request_id: RequestId = None
+        try:
+            request = _decode(message)
+            request_id = _request_id(request)
+            result = self._carry_out(request, request.get("params", []))
+        except _Refused as e:
+            return _encoder.encode({"code": e.code, "msg": e.message, "id": request_id})
+        return _encoder.encode({"result": result, "id": request_id})
+
+    def _carry_out(self, request: dict[str, Any], params: Any) -> Any:
+        method = request.get("method")
+        if method == "SUBSCRIBE":
+            self._streams.update(dict.fromkeys(self._stream_names(params)))
+            self._streams_changed()
+        elif method == "UNSUBSCRIBE":
+            for stream in self._stream_names(params):
+                self._streams.pop(stream, None)
+            self._streams_changed()
+        elif method == "LIST_SUBSCRIPTIONS":
+            _expect_params(params, 0)
+            return list(self._streams)
+        elif method == "SET_PROPERTY":
+            _expect_params(params, 2)
+            _combined_property(params[0])
+            if not isinstance(params[1], bool):
+                raise _Refused(_NOT_BOOLEAN, "Invalid value type: expected Boolean")
+            self.combined = params[1]
+        elif method == "GET_PROPERTY":
+            _expect_params(params, 1)
+            _combined_property(params[0])
+            return self.combined
+        elif method is None:
+            raise _Refused(_INVALID_REQUEST, "Invalid request: missing field `method`")
+        else:
+            expected = ", ".join(f"`{m}`" for m in _METHODS)
+            raise _Refused(
+                _INVALID_REQUEST, f"Invalid request: unknown variant `{method}`, expected one of {expected}"
+            )
+        return None
+
+    def _stream_names(self, params: Any) -> list[str]:
+        """``params`` checked whole before any of it is applied, so a refused request changes nothing."""
+        if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+            raise _Refused(
+                _INVALID_REQUEST,
+                'Invalid request: params must be a list of stream names, e.g. ["btcusdt@aggTrade"]',
+            )
+        for stream in params:
+            match = _STREAM.fullmatch(stream)
+            if match is None:
+                raise _Refused(
+                    _INVALID_REQUEST,
+                    f"Invalid request: invalid stream name {stream!r}: use <lowercase symbol>@<stream type>, "
+                    "e.g. btcusdt@aggTrade",
+                )
+            if match[1] not in self._listed:
+                listed = ", ".join(sorted(self._listed))
+                raise _Refused(
+                    _INVALID_REQUEST, f"Invalid request: symbol {match[1]!r} is not listed (listed: {listed})"
+                )
+        return params
+
+    def _streams_changed(self) -> None:
+        self.symbols = frozenset(
+            symbol for symbol, _, kind in (s.partition("@") for s in self._streams) if kind == "aggTrade"
+        )
+
+
+def _decode(message: str | bytes) -> dict[str, Any]:
+    try:
+        request = msgspec.json.decode(message)
+    except (msgspec.DecodeError, UnicodeError) as e:
+        raise _Refused(_INVALID_JSON, f"Invalid JSON: {e}") from None
+    if not isinstance(request, dict):
+        raise _Refused(_INVALID_REQUEST, "Invalid request: a request must be a JSON object")
+    return request
+
+
+def _request_id(request: dict[str, Any]) -> RequestId:
+    request_id = request.get("id")
+    if isinstance(request_id, str) or (
+        isinstance(request_id, int) and not isinstance(request_id, bool) and 0 <= request_id <= _MAX_ID
+    ):
+        return request_id
+    raise _Refused(_INVALID_REQUEST, "Invalid request: request ID must be an unsigned integer")
+
+
+def _expect_params(params: Any, count: int) -> None:
+    if not isinstance(params, list):
+        raise _Refused(_INVALID_REQUEST, "Invalid request: params must be a list")
+    if len(params) > count:
+        raise _Refused(_INVALID_REQUEST, "Invalid request: too many parameters")
+    if len(params) < count:
+        raise _Refused(_INVALID_REQUEST, f"Invalid request: expected {count} parameters, got {len(params)}")
+
+
+def _combined_property(name: Any) -> None:
+    if not isinstance(name, str):
+        raise _Refused(_INVALID_REQUEST, "Invalid request: property name must be a string")
+    if name != "combined":
+        raise _Refused(_UNKNOWN_PROPERTY, "Unknown property")
