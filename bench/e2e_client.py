@@ -19,7 +19,9 @@ from websockets.asyncio.client import connect
 
 from kairos_core.adapters.inbound.feed_handler.binance import BinanceFeedHandler
 from kairos_core.application.bus import BroadcastBus, Subscription
+from kairos_core.bootstrap.logging import configure_logging
 from kairos_core.domain import Lagged
+from kairos_core.settings import LogFormat, LogLevel
 
 
 class Clock:
@@ -32,15 +34,28 @@ class Clock:
         return {"cpu_s": time.process_time() - self.cpu0, "wall_s": time.perf_counter() - self.wall0}
 
 
-async def bare(url: str, count: int) -> dict[str, float]:
+async def bare(url: str, count: int, recv_log: Path | None) -> dict[str, float]:
+    """The floor; with ``recv_log``, each frame's arrival after its decode is written there."""
     clock = Clock()
     clock.start()
+    arrivals: list[tuple[str, int, int]] = []
     async with connect(url, compression=None, max_queue=None) as websocket:
         recv, loads = websocket.recv, orjson.loads
-        for _ in range(count):
-            loads(await recv(decode=False))
+        if recv_log is None:
+            for _ in range(count):
+                loads(await recv(decode=False))
+        else:
+            for _ in range(count):
+                data = loads(await recv(decode=False))["data"]
+                arrivals.append((data["s"], data["a"], time.time_ns()))
         result = clock.stop()
+    await write_arrivals(recv_log, arrivals)
     return result | {"received": count, "lost": 0}
+
+
+async def write_arrivals(recv_log: Path | None, arrivals: list[tuple[str, int, int]]) -> None:
+    if recv_log is not None:
+        await asyncio.to_thread(recv_log.write_text, "".join(f"{s},{i},{ns}\n" for s, i, ns in arrivals))
 
 
 async def kairos(url: str, count: int, symbols: list[str], recv_log: Path | None) -> dict[str, float]:
@@ -55,8 +70,7 @@ async def kairos(url: str, count: int, symbols: list[str], recv_log: Path | None
     result = clock.stop()
     await feed.stop()
     await feed_task
-    if recv_log is not None:
-        await asyncio.to_thread(recv_log.write_text, "".join(f"{s},{i},{ns}\n" for s, i, ns in arrivals))
+    await write_arrivals(recv_log, arrivals)
     return result | {"received": received, "lost": lost}
 
 
@@ -86,10 +100,11 @@ def main() -> None:
     parser.add_argument("--symbols", required=True)
     parser.add_argument("--recv-log", type=Path)
     args = parser.parse_args()
+    configure_logging(LogFormat.JSON, LogLevel.WARNING, stream=sys.stderr)  # stdout carries the result
     symbols = args.symbols.split(",")
     url = f"ws://127.0.0.1:{args.port}/stream?streams=" + "/".join(f"{s}@aggTrade" for s in symbols)
     if args.mode == "bare":
-        result = asyncio.run(bare(url, args.count))
+        result = asyncio.run(bare(url, args.count, args.recv_log))
     else:
         base = f"ws://127.0.0.1:{args.port}/stream"
         result = asyncio.run(kairos(base, args.count, symbols, args.recv_log))

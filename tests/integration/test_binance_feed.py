@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from kairos_core.adapters.inbound.feed_handler.aiohttp_client import AiohttpConnector
 from kairos_core.adapters.inbound.feed_handler.binance import BinanceFeedHandler
-from kairos_core.adapters.inbound.feed_handler.connection import WebsocketsConnector
+from kairos_core.adapters.inbound.feed_handler.connection import WebSocketConnector
 from kairos_core.adapters.inbound.feed_handler.reconnect import ReconnectPolicy
+from kairos_core.adapters.inbound.feed_handler.websockets_client import WebsocketsConnector
 from kairos_core.application.bus import BroadcastBus, Subscription
 from kairos_core.application.tick_counter import TickCounter
 from kairos_core.domain import ConfigurationError, FeedRefused, MarketTick, RejectReason
@@ -18,6 +20,13 @@ from kairos_core.simulator.binance import BinanceSimulator
 
 ID_BASE = 5_000
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "binance"
+
+
+@pytest.fixture(params=["aiohttp", "websockets"])
+def connector(request: pytest.FixtureRequest) -> WebSocketConnector:
+    """Every feed test runs over both clients behind the seam."""
+    kind = AiohttpConnector if request.param == "aiohttp" else WebsocketsConnector
+    return kind(close_timeout=0.2)
 
 
 @pytest.fixture
@@ -32,14 +41,19 @@ def fast_policy() -> ReconnectPolicy:
     return ReconnectPolicy(initial_delay=0.01, max_delay=0.05)
 
 
-def feed_for(sim: BinanceSimulator, sink: TickCounter | BroadcastBus, **kwargs: object) -> BinanceFeedHandler:
+def feed_for(
+    sim: BinanceSimulator,
+    sink: TickCounter | BroadcastBus,
+    connector: WebSocketConnector,
+    symbols: tuple[str, ...] | None = None,
+) -> BinanceFeedHandler:
     return BinanceFeedHandler(
         sink,
-        kwargs.pop("symbols", sim.symbols),  # type: ignore[arg-type]
+        symbols or sim.symbols,
         url=f"ws://127.0.0.1:{sim.port}/stream",
         rest_url=f"http://127.0.0.1:{sim.port}",
+        connector=connector,
         policy=fast_policy(),
-        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -74,14 +88,16 @@ def assert_gap_free(ticks: list[MarketTick]) -> None:
         assert ids == list(range(ids[0], ids[0] + len(ids))), f"{symbol} ids not consecutive"
 
 
-async def test_three_subscribers_each_receive_every_tick_in_order(simulator: BinanceSimulator) -> None:
+async def test_three_subscribers_each_receive_every_tick_in_order(
+    simulator: BinanceSimulator, connector: WebSocketConnector
+) -> None:
     bus = BroadcastBus()
     counter = TickCounter(bus, limit=600)
     reached = asyncio.Event()
     counter.on_limit = reached.set
     subscribers = [bus.subscribe(name) for name in ("a", "b")] + [bus.subscribe("c", lossless=True)]
     readers = [asyncio.create_task(collect(s)) for s in subscribers]
-    feed = feed_for(simulator, counter)
+    feed = feed_for(simulator, counter, connector)
 
     await run_until(feed, reached)
     bus.close()
@@ -95,11 +111,13 @@ async def test_three_subscribers_each_receive_every_tick_in_order(simulator: Bin
     assert feed.rejected.total() == 0
 
 
-async def test_reconnects_after_the_server_drops_the_connection(simulator: BinanceSimulator) -> None:
+async def test_reconnects_after_the_server_drops_the_connection(
+    simulator: BinanceSimulator, connector: WebSocketConnector
+) -> None:
     bus = BroadcastBus(capacity=100_000)
     subscription = bus.subscribe("all")
     counter = TickCounter(bus)
-    feed = feed_for(simulator, counter)
+    feed = feed_for(simulator, counter, connector)
     after_drop = asyncio.Event()
 
     async def drop_then_wait() -> None:
@@ -125,10 +143,12 @@ async def test_reconnects_after_the_server_drops_the_connection(simulator: Binan
         assert ids == sorted(set(ids))
 
 
-async def test_garbage_frames_are_counted_and_skipped(simulator: BinanceSimulator) -> None:
+async def test_garbage_frames_are_counted_and_skipped(
+    simulator: BinanceSimulator, connector: WebSocketConnector
+) -> None:
     bus = BroadcastBus(capacity=100_000)
     counter = TickCounter(bus)
-    feed = feed_for(simulator, counter)
+    feed = feed_for(simulator, counter, connector)
     done = asyncio.Event()
 
     async def inject() -> None:
@@ -149,8 +169,8 @@ async def test_garbage_frames_are_counted_and_skipped(simulator: BinanceSimulato
     assert feed.reconnects == 0
 
 
-async def test_server_pings_are_answered(simulator: BinanceSimulator) -> None:
-    feed = feed_for(simulator, TickCounter(BroadcastBus(capacity=100_000)))
+async def test_server_pings_are_answered(simulator: BinanceSimulator, connector: WebSocketConnector) -> None:
+    feed = feed_for(simulator, TickCounter(BroadcastBus(capacity=100_000)), connector)
     done = asyncio.Event()
 
     async def ping() -> None:
@@ -163,14 +183,18 @@ async def test_server_pings_are_answered(simulator: BinanceSimulator) -> None:
     await driver
 
 
-async def test_an_unknown_symbol_fails_fast_before_streaming(simulator: BinanceSimulator) -> None:
-    feed = feed_for(simulator, BroadcastBus(), symbols=("btcusdt", "foousdt"))
+async def test_an_unknown_symbol_fails_fast_before_streaming(
+    simulator: BinanceSimulator, connector: WebSocketConnector
+) -> None:
+    feed = feed_for(simulator, BroadcastBus(), connector, symbols=("btcusdt", "foousdt"))
     with pytest.raises(ConfigurationError, match="'foousdt' is not listed"):
         await asyncio.wait_for(feed.start(), 5)
     assert simulator.handshakes == 0
 
 
-async def test_an_unreachable_rest_endpoint_only_warns(simulator: BinanceSimulator) -> None:
+async def test_an_unreachable_rest_endpoint_only_warns(
+    simulator: BinanceSimulator, connector: WebSocketConnector
+) -> None:
     counter = TickCounter(BroadcastBus(capacity=100_000), limit=5)
     reached = asyncio.Event()
     counter.on_limit = reached.set
@@ -179,6 +203,7 @@ async def test_an_unreachable_rest_endpoint_only_warns(simulator: BinanceSimulat
         ("btcusdt",),
         url=f"ws://127.0.0.1:{simulator.port}/stream",
         rest_url="http://127.0.0.1:9",  # discard port: nothing listens
+        connector=connector,
         policy=fast_policy(),
     )
     await run_until(feed, reached)
@@ -186,11 +211,13 @@ async def test_an_unreachable_rest_endpoint_only_warns(simulator: BinanceSimulat
 
 
 @pytest.mark.parametrize("status", [451, 403])
-async def test_a_refusing_handshake_exits_without_retrying(status: int) -> None:
+async def test_a_refusing_handshake_exits_without_retrying(
+    status: int, connector: WebSocketConnector
+) -> None:
     sim = BinanceSimulator(("btcusdt",), handshake_status=status)
     await sim.start()
     try:
-        feed = feed_for(sim, BroadcastBus())
+        feed = feed_for(sim, BroadcastBus(), connector)
         with pytest.raises(FeedRefused, match=rf"HTTP {status}.*--binance-url"):
             await asyncio.wait_for(feed.start(), 5)
         assert sim.handshakes == 1
@@ -198,11 +225,11 @@ async def test_a_refusing_handshake_exits_without_retrying(status: int) -> None:
         await sim.stop()
 
 
-async def test_other_client_errors_are_retried_five_times_then_refused() -> None:
+async def test_other_client_errors_are_retried_five_times_then_refused(connector: WebSocketConnector) -> None:
     sim = BinanceSimulator(("btcusdt",), handshake_status=429)
     await sim.start()
     try:
-        feed = feed_for(sim, BroadcastBus())
+        feed = feed_for(sim, BroadcastBus(), connector)
         with pytest.raises(FeedRefused, match="HTTP 429, 5 times"):
             await asyncio.wait_for(feed.start(), 10)
         assert sim.handshakes == 5
@@ -210,7 +237,7 @@ async def test_other_client_errors_are_retried_five_times_then_refused() -> None
         await sim.stop()
 
 
-async def test_a_silent_connection_is_replaced_by_the_watchdog() -> None:
+async def test_a_silent_connection_is_replaced_by_the_watchdog(connector: WebSocketConnector) -> None:
     """A server that completes the handshake, then neither sends nor answers pings."""
     handshakes = 0
     writers: list[asyncio.StreamWriter] = []
@@ -239,7 +266,7 @@ async def test_a_silent_connection_is_replaced_by_the_watchdog() -> None:
         ("btcusdt",),
         url=f"ws://127.0.0.1:{port}/stream",
         rest_url=None,
-        connector=WebsocketsConnector(close_timeout=0.2),
+        connector=connector,
         policy=fast_policy(),
         watchdog=0.3,
     )
@@ -281,7 +308,7 @@ def _accept(key: bytes) -> bytes:
     ],
 )
 async def test_replaying_a_recording_delivers_every_recorded_trade(
-    recording: str, symbols: tuple[str, ...], expected: dict[str, int]
+    recording: str, symbols: tuple[str, ...], expected: dict[str, int], connector: WebSocketConnector
 ) -> None:
     sim = BinanceSimulator(rate=20_000, replay=FIXTURES / recording)
     await sim.start()
@@ -293,7 +320,7 @@ async def test_replaying_a_recording_delivers_every_recorded_trade(
         reached = asyncio.Event()
         counter.on_limit = reached.set
         # The simulator starts a replay when the first client connects.
-        feed = feed_for(sim, counter, symbols=symbols)
+        feed = feed_for(sim, counter, connector, symbols=symbols)
         await run_until(feed, reached)
         bus.close()
         ticks = await collect(subscription)

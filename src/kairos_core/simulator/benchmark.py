@@ -85,7 +85,13 @@ class BenchmarkServer:
             self._session, host, port, ping_interval=None, compression=None, write_limit=_WRITE_LIMITS
         )
         bound = int(self._server.sockets[0].getsockname()[1])
-        log.info("simulator.benchmark_ready", port=bound, frames=self.count, rate=self.rate)
+        log.info(
+            "simulator.benchmark_ready",
+            port=bound,
+            frames=self.count,
+            bytes=sum(map(len, self._chunks)),
+            rate=self.rate,
+        )
         return bound
 
     async def stop(self) -> None:

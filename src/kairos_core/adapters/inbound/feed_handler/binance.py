@@ -23,9 +23,10 @@ from kairos_core.domain import (
     TickSink,
 )
 
+from .aiohttp_client import AiohttpConnector
 from .binance_rest import check_symbols_trading
 from .binance_wire import ErrorReply, ServerShutdown, SubscriptionReply, parse_frame
-from .connection import Frame, WebSocketConnector, WebsocketsConnector, WebSocketSession
+from .connection import Frame, WebSocketConnector, WebSocketSession
 from .reconnect import ReconnectPolicy
 
 log = structlog.get_logger(__name__)
@@ -78,12 +79,13 @@ class BinanceFeedHandler(MarketFeedPort):
         self.symbols = binance_symbols(symbols)
         self._url = url
         self._rest_url = rest_url
-        self._connector = connector or WebsocketsConnector()
+        self._connector = connector or AiohttpConnector()
         self._policy = policy or ReconnectPolicy()
         self._watchdog = watchdog
         self._stopping = asyncio.Event()
         self._session: WebSocketSession | None = None
         self._frames = 0
+        self._held_back = False
         self._end_reason: str | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self.rejected: Counter[RejectReason] = Counter()
@@ -138,7 +140,11 @@ class BinanceFeedHandler(MarketFeedPort):
 
     async def _ready(self) -> None:
         """Between batches of frames: wait for room on the bus, then let the consumers run."""
-        await self._sink.writable()
+        self._held_back = True
+        try:
+            await self._sink.writable()
+        finally:
+            self._held_back = False
         await asyncio.sleep(0)
 
     def _on_frame(self, raw: Frame) -> None:
@@ -183,7 +189,9 @@ class BinanceFeedHandler(MarketFeedPort):
         while True:
             seen = self._frames
             await asyncio.sleep(self._watchdog)
-            if self._frames == seen and not await session.is_alive(timeout=min(10.0, self._watchdog)):
+            if self._frames != seen or self._held_back:  # frames came, or the bus is holding us back
+                continue
+            if not await session.is_alive(timeout=min(10.0, self._watchdog)):
                 self._end_reason = f"watchdog: no frame for {self._watchdog:g} s and no pong"
                 await session.close()
                 return

@@ -1,0 +1,206 @@
+"""End-to-end benchmark: simulator and client in separate processes, pinned to different cores.
+
+Each figure is taken in the same run: the simulator alone (a raw socket reader), the bare
+``websockets`` + orjson client (the floor) and the kairos pipeline, interleaved over several
+rounds; then latency from the simulator's send to the subscriber at a paced rate. The
+simulator's CPU share is printed beside every figure; a run where it used more than 80 % of its
+core measured the simulator, not the client, and is reported as invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SYMBOLS = "btcusdt,ethusdt,bnbusdt,solusdt,xrpusdt,adausdt,dogeusdt,dotusdt,ltcusdt,linkusdt"
+SIM_CORE, CLIENT_CORE = "0", "1"
+COUNT = 200_000
+ROUNDS = 5
+PACED_RATE = 5_000
+PACED_COUNT = 25_000
+SIM_BUSY_LIMIT = 0.80
+RATIO_TARGET = 1.3
+P99_TARGET_US = 200
+SIM_TARGET = 400_000
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class Simulator:
+    process: subprocess.Popen[str]
+    port: int
+    frame_bytes: int
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    rate: float
+    cpu_us: float | None
+    sim_share: float
+    lost: int
+
+    @property
+    def valid(self) -> bool:
+        return self.sim_share <= SIM_BUSY_LIMIT
+
+
+@contextmanager
+def simulator(*extra: str) -> Iterator[Simulator]:
+    command = ["taskset", "-c", SIM_CORE, sys.executable, "-m", "kairos_core", "simulate", "--bench"]
+    command += ["--port", "0", "--symbols", SYMBOLS, "--log-format", "json", *extra]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stderr is not None
+            for line in process.stderr:
+                event = json.loads(line)
+                if event.get("event") == "simulator.benchmark_ready":
+                    yield Simulator(process, int(event["port"]), int(event["bytes"]))
+                    break
+            else:
+                raise RuntimeError("the simulator exited before it was ready")
+        finally:
+            process.terminate()
+
+
+def client_run(sim: Simulator, mode: str, count: int, *extra: str) -> Run:
+    before = sim.cpu_seconds()
+    command = [
+        "taskset",
+        "-c",
+        CLIENT_CORE,
+        sys.executable,
+        str(ROOT / "bench/e2e_client.py"),
+        "--mode",
+        mode,
+    ]
+    command += ["--port", str(sim.port), "--count", str(count), "--symbols", SYMBOLS, *extra]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout)
+    return Run(
+        rate=count / result["wall_s"],
+        cpu_us=result["cpu_s"] / count * 1e6,
+        sim_share=(sim.cpu_seconds() - before) / result["wall_s"],
+        lost=int(result["lost"]),
+    )
+
+
+def raw_reader_run(sim: Simulator, count: int) -> Run:
+    """Reads the simulator's bytes off the socket without decoding: what the simulator can push."""
+    os.sched_setaffinity(0, {int(CLIENT_CORE)})
+    before = sim.cpu_seconds()
+    with socket.create_connection(("127.0.0.1", sim.port)) as connection:
+        connection.sendall(
+            b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        buffer = bytearray(1 << 20)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += connection.recv(4096)
+        received = len(head) - head.index(b"\r\n\r\n") - 4
+        started = time.perf_counter()
+        while received < sim.frame_bytes:
+            received += connection.recv_into(buffer)
+        wall = time.perf_counter() - started
+    return Run(rate=count / wall, cpu_us=None, sim_share=(sim.cpu_seconds() - before) / wall, lost=0)
+
+
+def latency_us(send_log: Path, recv_log: Path) -> tuple[list[float], int]:
+    sent = {
+        tuple(line.split(",")[:2]): int(line.rsplit(",", 1)[1]) for line in send_log.read_text().splitlines()
+    }
+    delays = []
+    for line in recv_log.read_text().splitlines():
+        symbol, trade_id, arrived = line.split(",")
+        delays.append((int(arrived) - sent[symbol, trade_id]) / 1000)
+    return sorted(delays), len(sent) - len(delays)
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def show(label: str, runs: list[Run], target: str = "") -> None:
+    """One row; a client row whose simulator was busier than the limit is marked invalid."""
+    best = max(runs, key=lambda r: r.rate)
+    median_rate = statistics.median(r.rate for r in runs)
+    if best.cpu_us is None:  # the simulator-alone row: its CPU share is the point, not a fault
+        cpu, shares, invalid = f"{'':9}", f"{'(all)':>14}", ""
+    else:
+        cpu = f"{min(r.cpu_us or 0 for r in runs):9.2f}"
+        shares = "/".join(f"{r.sim_share:.0%}" for r in runs)
+        invalid = "" if all(r.valid for r in runs) else "  INVALID: the simulator was the bottleneck"
+    print(f"  {label:<40} {best.rate:>11,.0f} {median_rate:>11,.0f} {cpu} {shares:>14}  {target}{invalid}")
+
+
+def main() -> None:
+    print(
+        "\nEnd to end: 10 symbols over ws:// on 127.0.0.1, "
+        f"simulator on core {SIM_CORE}, client on core {CLIENT_CORE}"
+    )
+    print(f"  {COUNT:,} frames per run, {ROUNDS} interleaved rounds; msgs/s best and median; CPU µs/msg best")
+    print(f"  {'':40} {'best/s':>11} {'median/s':>11} {'CPU µs':>9} {'simulator CPU':>14}")
+    with simulator("--count", str(COUNT)) as sim:
+        alone = [raw_reader_run(sim, COUNT) for _ in range(ROUNDS)]
+        bare, ours = [], []
+        for _ in range(ROUNDS):
+            bare.append(client_run(sim, "bare", COUNT))
+            ours.append(client_run(sim, "kairos", COUNT))
+    verdict = "PASS" if max(r.rate for r in alone) >= SIM_TARGET else "MISS"
+    show("simulator alone -> raw socket reader", alone, f"≥ {SIM_TARGET:,}/s {verdict}")
+    show("bare websockets + orjson (the floor)", bare)
+    show("kairos: feed -> bus -> counting subscriber", ours)
+    ratios = [k.cpu_us / b.cpu_us for k, b in zip(ours, bare, strict=True) if k.cpu_us and b.cpu_us]
+    ratio = statistics.median(ratios)
+    print(
+        f"  CPU per message, kairos / bare, median of rounds: {ratio:.2f} "
+        f"(rounds {', '.join(f'{r:.2f}' for r in ratios)}); target ≤ {RATIO_TARGET} "
+        f"{'PASS' if ratio <= RATIO_TARGET else 'MISS'}"
+    )
+    print(f"  ticks lost by the counting subscriber: {sum(r.lost for r in ours)}")
+
+    print(f"\nLatency, simulator send -> subscriber, paced at {PACED_RATE:,} msgs/s ({PACED_COUNT:,} frames)")
+    for mode, label in (
+        ("bare", "bare websockets + orjson"),
+        ("kairos", "kairos: feed -> bus -> subscriber"),
+    ):
+        paced_latency(mode, label)
+
+
+def paced_latency(mode: str, label: str) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        send_log, recv_log = Path(scratch, "sent.csv"), Path(scratch, "received.csv")
+        paced = ("--count", str(PACED_COUNT), "--rate", str(PACED_RATE), "--send-log", str(send_log))
+        with simulator(*paced) as sim:
+            run = client_run(sim, mode, PACED_COUNT, "--recv-log", str(recv_log))
+            time.sleep(0.5)  # the simulator writes its send log once the last frame is out
+        delays, missing = latency_us(send_log, recv_log)
+    p50, p99, p999 = (percentile(delays, f) for f in (0.5, 0.99, 0.999))
+    verdict = (
+        f"target p99 ≤ {P99_TARGET_US} µs {'PASS' if p99 <= P99_TARGET_US else 'MISS'}; "
+        if mode == "kairos"
+        else ""
+    )
+    print(
+        f"  {label:<36} p50 {p50:.0f} µs, p99 {p99:.0f} µs, p99.9 {p999:.0f} µs, max {delays[-1]:.0f} µs; "
+        f"{verdict}simulator CPU {run.sim_share:.0%}; not received {missing}, lost {run.lost}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""aiohttp behind the WebSocket seam: the feeds' default client.
+
+Chosen by measurement: its C frame reader costs under 3 CPU us per frame here, against about 7
+for ``websockets`` (bench/e2e.py). Pings are handled in ``pump`` (autoping off) so that
+``is_alive`` can wait for the pong to its own ping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+import aiohttp
+from aiohttp import WSMessage, WSMsgType
+from aiohttp.http import WSMessageTextBytes
+
+from kairos_core.domain import FeedDisconnected
+
+from .connection import (
+    READY_EVERY,
+    FrameHandler,
+    HandshakeRejected,
+    Ready,
+    WebSocketConnector,
+    WebSocketSession,
+)
+
+_DATA = (WSMsgType.TEXT, WSMsgType.BINARY)
+
+
+class AiohttpConnector(WebSocketConnector):
+    def __init__(
+        self, *, open_timeout: float = 10.0, close_timeout: float = 5.0, max_frame_bytes: int = 1 << 20
+    ) -> None:
+        self._open_timeout = open_timeout
+        self._close_timeout = close_timeout
+        self._max_frame_bytes = max_frame_bytes
+
+    async def connect(self, url: str) -> WebSocketSession:
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=self._open_timeout))
+        try:
+            async with asyncio.timeout(self._open_timeout):
+                websocket = await http.ws_connect(
+                    url,
+                    autoping=False,
+                    autoclose=True,
+                    max_msg_size=self._max_frame_bytes,
+                    decode_text=False,  # the parser takes bytes; a UTF-8 decode would be wasted
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self._close_timeout),
+                )
+        except aiohttp.WSServerHandshakeError as e:
+            await http.close()
+            raise HandshakeRejected(e.status, url) from e
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            await http.close()
+            raise FeedDisconnected(f"cannot connect to {url}: {e or type(e).__name__}") from e
+        return AiohttpSession(http, websocket)
+
+
+class AiohttpSession(WebSocketSession):
+    def __init__(
+        self, http: aiohttp.ClientSession, websocket: aiohttp.ClientWebSocketResponse[Literal[False]]
+    ) -> None:
+        self._http = http
+        self._websocket = websocket
+        self._pong: asyncio.Future[None] | None = None
+
+    async def pump(self, on_frame: FrameHandler, ready: Ready) -> None:
+        receive = self._websocket.receive
+        batch = range(READY_EVERY)
+        while True:
+            await ready()
+            for _ in batch:
+                message = await receive()
+                if message.type in _DATA:
+                    on_frame(message.data)
+                else:
+                    await self._control(message)
+
+    async def _control(self, message: WSMessage | WSMessageTextBytes) -> None:
+        if message.type is WSMsgType.PING:
+            await self._websocket.pong(message.data)
+        elif message.type is WSMsgType.PONG:
+            if self._pong is not None and not self._pong.done():
+                self._pong.set_result(None)
+        elif message.type is WSMsgType.ERROR:
+            raise FeedDisconnected(f"network error: {message.data}")
+        else:  # CLOSE, CLOSING, CLOSED
+            code = self._websocket.close_code
+            raise FeedDisconnected(f"connection closed: code {code}" if code else "connection closed")
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self._websocket.send_str(text)
+        except (aiohttp.ClientError, ConnectionError) as e:
+            raise FeedDisconnected(f"cannot send: {e}") from e
+
+    async def is_alive(self, timeout: float) -> bool:
+        self._pong = asyncio.get_running_loop().create_future()
+        try:
+            await self._websocket.ping()
+            await asyncio.wait_for(self._pong, timeout)
+        except (aiohttp.ClientError, ConnectionError, TimeoutError):
+            return False
+        return True
+
+    async def close(self) -> None:
+        try:
+            await self._websocket.close()
+        finally:
+            await self._http.close()

@@ -1,0 +1,94 @@
+"""The ``websockets`` library (asyncio API) behind the WebSocket seam.
+
+It answers server pings and pings the server every 20 s on its own. Measured here it costs
+about 7 CPU us per frame before any parsing, against under 3 for ``aiohttp_client``; it stays
+as the reference client and for tests that compare the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from kairos_core.domain import FeedDisconnected
+
+from .connection import (
+    READY_EVERY,
+    FrameHandler,
+    HandshakeRejected,
+    Ready,
+    WebSocketConnector,
+    WebSocketSession,
+)
+
+
+class WebsocketsConnector(WebSocketConnector):
+    def __init__(
+        self, *, open_timeout: float = 10.0, close_timeout: float = 5.0, max_frame_bytes: int = 1 << 20
+    ) -> None:
+        self._open_timeout = open_timeout
+        self._close_timeout = close_timeout
+        self._max_frame_bytes = max_frame_bytes
+
+    async def connect(self, url: str) -> WebSocketSession:
+        try:
+            connection = await connect(
+                url,
+                open_timeout=self._open_timeout,
+                close_timeout=self._close_timeout,
+                max_size=self._max_frame_bytes,
+                ping_interval=20,
+                ping_timeout=20,
+                compression=None,
+            )
+        except InvalidStatus as e:
+            raise HandshakeRejected(e.response.status_code, url) from e
+        except (OSError, TimeoutError, WebSocketException) as e:
+            raise FeedDisconnected(f"cannot connect to {url}: {e or type(e).__name__}") from e
+        return WebsocketsSession(connection)
+
+
+class WebsocketsSession(WebSocketSession):
+    def __init__(self, connection: ClientConnection) -> None:
+        self._connection = connection
+
+    async def pump(self, on_frame: FrameHandler, ready: Ready) -> None:
+        recv = self._connection.recv
+        batch = range(READY_EVERY)
+        try:
+            while True:
+                await ready()
+                for _ in batch:
+                    # decode=False: text frames arrive as bytes, skipping a UTF-8 decode the
+                    # parser does not need.
+                    on_frame(await recv(decode=False))
+        except ConnectionClosed as e:
+            raise FeedDisconnected(f"connection closed: {_close_reason(e)}") from e
+        except OSError as e:
+            raise FeedDisconnected(f"network error: {e}") from e
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self._connection.send(text)
+        except ConnectionClosed as e:
+            raise FeedDisconnected(f"connection closed: {_close_reason(e)}") from e
+
+    async def is_alive(self, timeout: float) -> bool:
+        try:
+            pong = await self._connection.ping()
+            await asyncio.wait_for(pong, timeout)
+        except (ConnectionClosed, TimeoutError):
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+
+def _close_reason(error: ConnectionClosed) -> str:
+    frame = error.rcvd or error.sent
+    if frame is None:
+        return "no close frame (connection lost)"
+    return f"code {frame.code}" + (f" ({frame.reason})" if frame.reason else "")
