@@ -157,13 +157,15 @@ def main() -> None:
     print(f"  {'':40} {'best/s':>11} {'median/s':>11} {'CPU µs':>9} {'simulator CPU':>14}")
     with simulator("--count", str(COUNT)) as sim:
         alone = [raw_reader_run(sim, COUNT) for _ in range(ROUNDS)]
-        bare, ours = [], []
+        bare, aio, ours = [], [], []
         for _ in range(ROUNDS):
             bare.append(client_run(sim, "bare", COUNT))
+            aio.append(client_run(sim, "bare-aiohttp", COUNT))
             ours.append(client_run(sim, "kairos", COUNT))
     verdict = "PASS" if max(r.rate for r in alone) >= SIM_TARGET else "MISS"
     show("simulator alone -> raw socket reader", alone, f"≥ {SIM_TARGET:,}/s {verdict}")
     show("bare websockets + orjson (the floor)", bare)
+    show("bare aiohttp + orjson (our transport)", aio)
     show("kairos: feed -> bus -> counting subscriber", ours)
     ratios = [k.cpu_us / b.cpu_us for k, b in zip(ours, bare, strict=True) if k.cpu_us and b.cpu_us]
     ratio = statistics.median(ratios)

@@ -2,6 +2,7 @@
 
 ``--mode kairos``: the real pipeline (BinanceFeedHandler -> BroadcastBus -> a counting subscriber).
 ``--mode bare``: the floor, a bare ``websockets`` client that only decodes each frame with orjson.
+``--mode bare-aiohttp``: the same over aiohttp, the transport the pipeline uses.
 CPU and wall time run from the opening of the connection to the last frame.
 """
 
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import orjson
 from websockets.asyncio.client import connect
 
@@ -58,6 +60,21 @@ async def write_arrivals(recv_log: Path | None, arrivals: list[tuple[str, int, i
         await asyncio.to_thread(recv_log.write_text, "".join(f"{s},{i},{ns}\n" for s, i, ns in arrivals))
 
 
+async def bare_aiohttp(url: str, count: int) -> dict[str, float]:
+    """aiohttp's floor: what the pipeline's transport costs before any work of ours."""
+    clock = Clock()
+    clock.start()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url, autoclose=False, autoping=False, decode_text=False) as websocket,
+    ):
+        receive, loads = websocket.receive, orjson.loads
+        for _ in range(count):
+            loads((await receive()).data)
+        result = clock.stop()
+    return result | {"received": count, "lost": 0}
+
+
 async def kairos(url: str, count: int, symbols: list[str], recv_log: Path | None) -> dict[str, float]:
     """The pipeline; with ``recv_log``, each tick's arrival at the subscriber is written there."""
     bus = BroadcastBus()
@@ -94,7 +111,7 @@ async def count_ticks(
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=["bare", "kairos"], required=True)
+    parser.add_argument("--mode", choices=["bare", "bare-aiohttp", "kairos"], required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--symbols", required=True)
@@ -105,6 +122,8 @@ def main() -> None:
     url = f"ws://127.0.0.1:{args.port}/stream?streams=" + "/".join(f"{s}@aggTrade" for s in symbols)
     if args.mode == "bare":
         result = asyncio.run(bare(url, args.count, args.recv_log))
+    elif args.mode == "bare-aiohttp":
+        result = asyncio.run(bare_aiohttp(url, args.count))
     else:
         base = f"ws://127.0.0.1:{args.port}/stream"
         result = asyncio.run(kairos(base, args.count, symbols, args.recv_log))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
+import aiohttp
 import msgspec
 import structlog
 
@@ -38,9 +38,9 @@ async def check_symbols_trading(rest_url: str, symbols: tuple[str, ...], timeout
     """
     wanted = [symbol.upper() for symbol in symbols]
     try:
-        async with httpx.AsyncClient(base_url=rest_url, timeout=timeout) as client:
+        async with aiohttp.ClientSession(rest_url, timeout=aiohttp.ClientTimeout(total=timeout)) as client:
             statuses = await _statuses(client, wanted)
-    except (httpx.HTTPError, msgspec.DecodeError, msgspec.ValidationError) as e:
+    except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError, msgspec.ValidationError) as e:
         log.warning("symbols.unchecked", url=rest_url, error=str(e) or type(e).__name__)
         return
     for symbol in wanted:
@@ -57,30 +57,35 @@ async def check_symbols_trading(rest_url: str, symbols: tuple[str, ...], timeout
             )
 
 
-async def _statuses(client: httpx.AsyncClient, wanted: list[str]) -> dict[str, str | None]:
-    response = await client.get(
-        "/api/v3/exchangeInfo", params={"symbols": json.dumps(wanted, separators=(",", ":"))}
-    )
-    if response.status_code == 400 and _error_code(response) == _INVALID_SYMBOL:
+async def _statuses(client: aiohttp.ClientSession, wanted: list[str]) -> dict[str, str | None]:
+    status, body = await _get(client, {"symbols": json.dumps(wanted, separators=(",", ":"))})
+    if status == 400 and _error_code(body) == _INVALID_SYMBOL:
         # Binance rejects the whole list without naming the culprit; ask one symbol at a time.
         answers = await asyncio.gather(*(_status_of(client, symbol) for symbol in wanted))
         return dict(zip(wanted, answers, strict=True))
-    response.raise_for_status()
-    info = msgspec.json.decode(response.content, type=_ExchangeInfo)
+    info = msgspec.json.decode(body, type=_ExchangeInfo)
     return {entry.symbol: entry.status for entry in info.symbols}
 
 
-async def _status_of(client: httpx.AsyncClient, symbol: str) -> str | None:
-    response = await client.get("/api/v3/exchangeInfo", params={"symbol": symbol})
-    if response.status_code == 400 and _error_code(response) == _INVALID_SYMBOL:
+async def _status_of(client: aiohttp.ClientSession, symbol: str) -> str | None:
+    status, body = await _get(client, {"symbol": symbol})
+    if status == 400 and _error_code(body) == _INVALID_SYMBOL:
         return None
-    response.raise_for_status()
-    info = msgspec.json.decode(response.content, type=_ExchangeInfo)
+    info = msgspec.json.decode(body, type=_ExchangeInfo)
     return next((entry.status for entry in info.symbols if entry.symbol == symbol), None)
 
 
-def _error_code(response: httpx.Response) -> int | None:
+async def _get(client: aiohttp.ClientSession, params: dict[str, str]) -> tuple[int, bytes]:
+    """Status and body of ``exchangeInfo``; raises for any status but 200 and 400."""
+    async with client.get("/api/v3/exchangeInfo", params=params) as response:
+        body = await response.read()
+        if response.status not in (200, 400):
+            response.raise_for_status()
+        return response.status, body
+
+
+def _error_code(body: bytes) -> int | None:
     try:
-        return msgspec.json.decode(response.content, type=_ErrorBody).code
+        return msgspec.json.decode(body, type=_ErrorBody).code
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
