@@ -82,3 +82,20 @@ def market_ticks(
 ) -> MarketTick:
     """A valid Binance MarketTick: every field a real aggTrade frame could carry."""
     return tick_from_agg_trade(draw(agg_trade_data(symbol)), draw(received_at_ns), draw(source))
+
+
+def numbered_tick(seq: int, symbol: str = "BTCUSDT", exchange: Exchange = Exchange.BINANCE) -> MarketTick:
+    """A plain valid tick whose ids and times are ``seq``: for tests that track ticks by number."""
+    return MarketTick(
+        symbol=symbol,
+        exchange=exchange,
+        price=Decimal("58001.00000000") + seq,
+        volume=Decimal("0.02200000"),
+        side=Side.BUY,
+        trade_id=seq,
+        first_trade_id=seq,
+        last_trade_id=seq,
+        timestamp_ms=1_700_000_000_000 + seq,
+        event_time_ms=1_700_000_000_000 + seq,
+        received_at_ns=1_700_000_000_000_000_000 + seq,
+    )

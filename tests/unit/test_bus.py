@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from decimal import Decimal
 
 import pytest
 
 from kairos_core.application.bus import BroadcastBus, SubscriberStats, Subscription
-from kairos_core.domain import BusClosed, Exchange, Lagged, MarketTick, Side
+from kairos_core.domain import BusClosed, Lagged
+from tests.strategies import numbered_tick as tick
 
 GUARD_SECONDS = 5.0
 """Upper bound for any await in these tests, so a missed wake-up fails instead of hanging."""
-
-
-def tick(seq: int) -> MarketTick:
-    """A tick whose trade id is its publish sequence number."""
-    return MarketTick(
-        symbol="BTCUSDT",
-        exchange=Exchange.BINANCE,
-        price=Decimal("50000.10"),
-        volume=Decimal("0.001"),
-        side=Side.BUY,
-        trade_id=seq,
-        first_trade_id=seq,
-        last_trade_id=seq,
-        timestamp_ms=1_700_000_000_000 + seq,
-        event_time_ms=1_700_000_000_000 + seq,
-        received_at_ns=1_700_000_000_000_000_000 + seq,
-    )
 
 
 def publish_range(bus: BroadcastBus, start: int, stop: int) -> None:

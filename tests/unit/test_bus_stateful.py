@@ -22,7 +22,8 @@ from hypothesis.stateful import (
 
 from kairos_core.application.bus import BroadcastBus, SubscriberStats, Subscription
 from kairos_core.domain import BusClosed, Lagged, MarketTick
-from tests.unit.test_bus import completes_at_once, tick
+from tests.strategies import numbered_tick as tick
+from tests.unit.test_bus import completes_at_once
 
 
 @dataclass(slots=True)

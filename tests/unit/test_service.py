@@ -17,27 +17,11 @@ from kairos_core.application.consumers import Consumer
 from kairos_core.application.consumers.price_monitor import PriceMonitor, price_text
 from kairos_core.application.service import MarketDataService, RunSummary
 from kairos_core.application.tick_counter import TickCounter
-from kairos_core.domain import BusClosed, Exchange, FeedRefused, MarketFeedPort, MarketTick, Side, TickSink
+from kairos_core.domain import BusClosed, Exchange, FeedRefused, MarketFeedPort, MarketTick, TickSink
+from tests.strategies import numbered_tick as tick
 
 GUARD_SECONDS = 5.0
 """Upper bound for any run in these tests, so a missed wake-up fails instead of hanging."""
-
-
-def tick(seq: int, symbol: str = "BTCUSDT", exchange: Exchange = Exchange.BINANCE) -> MarketTick:
-    """A tick whose trade id is ``seq``."""
-    return MarketTick(
-        symbol=symbol,
-        exchange=exchange,
-        price=Decimal("58001.00000000") + seq,
-        volume=Decimal("0.02200000"),
-        side=Side.BUY,
-        trade_id=seq,
-        first_trade_id=seq,
-        last_trade_id=seq,
-        timestamp_ms=1_700_000_000_000 + seq,
-        event_time_ms=1_700_000_000_000 + seq,
-        received_at_ns=1_700_000_000_000_000_000 + seq,
-    )
 
 
 def alternating(count: int, exchange: Exchange = Exchange.BINANCE) -> list[MarketTick]:

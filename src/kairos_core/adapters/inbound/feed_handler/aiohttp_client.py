@@ -18,6 +18,7 @@ from kairos_core.domain import FeedDisconnected
 
 from .connection import (
     READY_EVERY,
+    ConnectorLimits,
     FrameHandler,
     HandshakeRejected,
     Ready,
@@ -28,14 +29,7 @@ from .connection import (
 _DATA = (WSMsgType.TEXT, WSMsgType.BINARY)
 
 
-class AiohttpConnector(WebSocketConnector):
-    def __init__(
-        self, *, open_timeout: float = 10.0, close_timeout: float = 5.0, max_frame_bytes: int = 1 << 20
-    ) -> None:
-        self._open_timeout = open_timeout
-        self._close_timeout = close_timeout
-        self._max_frame_bytes = max_frame_bytes
-
+class AiohttpConnector(ConnectorLimits, WebSocketConnector):
     async def connect(self, url: str) -> WebSocketSession:
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=self._open_timeout))
         try:

@@ -55,3 +55,14 @@ class WebSocketConnector(Protocol):
     async def connect(self, url: str) -> WebSocketSession:
         """Open a session; raises ``HandshakeRejected`` or ``FeedDisconnected``."""
         ...
+
+
+class ConnectorLimits:
+    """What every client's connector is told: how long to wait, and how large a frame may be."""
+
+    def __init__(
+        self, *, open_timeout: float = 10.0, close_timeout: float = 5.0, max_frame_bytes: int = 1 << 20
+    ) -> None:
+        self._open_timeout = open_timeout
+        self._close_timeout = close_timeout
+        self._max_frame_bytes = max_frame_bytes

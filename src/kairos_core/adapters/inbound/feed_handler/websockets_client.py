@@ -16,6 +16,7 @@ from kairos_core.domain import FeedDisconnected
 
 from .connection import (
     READY_EVERY,
+    ConnectorLimits,
     FrameHandler,
     HandshakeRejected,
     Ready,
@@ -24,14 +25,7 @@ from .connection import (
 )
 
 
-class WebsocketsConnector(WebSocketConnector):
-    def __init__(
-        self, *, open_timeout: float = 10.0, close_timeout: float = 5.0, max_frame_bytes: int = 1 << 20
-    ) -> None:
-        self._open_timeout = open_timeout
-        self._close_timeout = close_timeout
-        self._max_frame_bytes = max_frame_bytes
-
+class WebsocketsConnector(ConnectorLimits, WebSocketConnector):
     async def connect(self, url: str) -> WebSocketSession:
         try:
             connection = await connect(
