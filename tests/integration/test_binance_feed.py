@@ -331,3 +331,76 @@ async def test_replaying_a_recording_delivers_every_recorded_trade(
         by_symbol[tick.symbol] = by_symbol.get(tick.symbol, 0) + 1
     assert by_symbol == expected
     assert_gap_free(ticks)
+
+
+async def test_stop_ends_a_feed_stuck_in_connect(connector: WebSocketConnector) -> None:
+    """A server that accepts TCP and never answers: stop() must not wait out the open timeout."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    feed = BinanceFeedHandler(
+        BroadcastBus(), ("btcusdt",), url=f"ws://127.0.0.1:{port}/stream", rest_url=None, connector=connector
+    )
+    task = asyncio.create_task(feed.start())
+    try:
+        await eventually(lambda: bool(held))
+        started = asyncio.get_running_loop().time()
+        await feed.stop()
+        await asyncio.wait_for(task, 2)
+        assert asyncio.get_running_loop().time() - started < 1
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+        await server.wait_closed()
+
+
+async def test_a_rest_url_with_a_path_is_used_as_given(
+    simulator: BinanceSimulator, connector: WebSocketConnector
+) -> None:
+    """A REST base with a path (a proxy prefix) is asked at <base>/api/v3/...; here it 404s: a warning."""
+    counter = TickCounter(BroadcastBus(capacity=100_000), limit=5)
+    reached = asyncio.Event()
+    counter.on_limit = reached.set
+    feed = BinanceFeedHandler(
+        counter,
+        ("btcusdt",),
+        url=f"ws://127.0.0.1:{simulator.port}/stream",
+        rest_url=f"http://127.0.0.1:{simulator.port}/prefix",
+        connector=connector,
+        policy=fast_policy(),
+    )
+    await run_until(feed, reached)
+    assert counter.total == 5
+
+
+async def test_a_ping_from_a_closing_server_is_a_disconnect_not_a_crash(
+    connector: WebSocketConnector,
+) -> None:
+    """The server pings and drops the connection at once; answering it must not kill the feed."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def ping_and_leave(connection: ServerConnection) -> None:
+        await connection.ping()
+        connection.transport.close()
+
+    async with serve(ping_and_leave, "127.0.0.1", 0, ping_interval=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        feed = BinanceFeedHandler(
+            BroadcastBus(),
+            ("btcusdt",),
+            url=f"ws://127.0.0.1:{port}/stream",
+            rest_url=None,
+            connector=connector,
+            policy=fast_policy(),
+        )
+        task = asyncio.create_task(feed.start())
+        await eventually(lambda: feed.reconnects >= 5 or task.done())
+        assert not task.done(), task.exception()
+        await feed.stop()
+        await asyncio.wait_for(task, 5)

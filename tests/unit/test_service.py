@@ -506,3 +506,42 @@ def test_price_monitor_is_an_ordinary_consumer() -> None:
 
     assert monitor.name == "price_monitor"
     assert monitor.lossless is False
+
+
+async def test_a_crashing_feed_still_drains_then_raises() -> None:
+    consumer = RecordingConsumer("recorder", lossless=True)
+    bus = BroadcastBus()
+    counter = TickCounter(bus)
+    feed = FakeFeed(counter, alternating(5), fail_with=RuntimeError("bug"))
+    service = MarketDataService(bus, counter, [feed], [consumer])
+
+    with capture_logs() as logs, pytest.raises(RuntimeError, match="bug"):
+        await run_guarded(service)
+
+    assert consumer.trade_ids == [0, 1, 2, 3, 4]
+    assert consumer.finished
+    stopped = [entry for entry in logs if entry["event"] == "service.stopped"]
+    assert stopped[0]["reason"] == "binance feed crashed"
+
+
+class QuittingConsumer(Consumer):
+    """A lossless consumer that reads one tick and returns without closing its subscription."""
+
+    name = "quitter"
+    lossless = True
+
+    async def run(self, subscription: Subscription) -> None:
+        await subscription.recv()
+
+
+async def test_a_lossless_consumer_that_returns_early_does_not_hold_the_feed_back() -> None:
+    service, feed, _, _ = make_service(alternating(50), [QuittingConsumer()], capacity=4)
+
+    service_task = asyncio.create_task(run_guarded(service))
+    async with asyncio.timeout(GUARD_SECONDS):
+        while feed.handed_over < 50:
+            await asyncio.sleep(0.001)
+    service.request_stop("test")
+    summary = await service_task
+
+    assert summary.total == 50

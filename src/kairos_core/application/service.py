@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from kairos_core.application.bus import BroadcastBus
+from kairos_core.application.bus import BroadcastBus, Subscription
 from kairos_core.application.consumers import Consumer
 from kairos_core.application.tick_counter import TickCounter
 from kairos_core.domain import KairosError, MarketFeedPort
@@ -51,7 +51,7 @@ class MarketDataService:
         self._duration = duration
         self._stop = asyncio.Event()
         self._stop_reason = ""
-        self._failures: list[KairosError] = []
+        self._failures: list[Exception] = []
         counter.on_limit = lambda: self.request_stop("max-ticks reached")
 
     def request_stop(self, reason: str) -> None:
@@ -67,7 +67,9 @@ class MarketDataService:
         async with asyncio.TaskGroup() as group:
             for consumer in self._consumers:
                 subscription = self._bus.subscribe(consumer.name, lossless=consumer.lossless)
-                group.create_task(consumer.run(subscription), name=f"consumer:{consumer.name}")
+                group.create_task(
+                    self._run_consumer(consumer, subscription), name=f"consumer:{consumer.name}"
+                )
             feed_tasks = [
                 group.create_task(self._run_feed(feed), name=f"feed:{feed.exchange}") for feed in self._feeds
             ]
@@ -78,8 +80,7 @@ class MarketDataService:
             )
             await self._stop.wait()
             log.info("service.stopping", reason=self._stop_reason)
-            for feed in self._feeds:
-                await feed.stop()
+            await asyncio.gather(*(feed.stop() for feed in self._feeds))
             await asyncio.gather(*feed_tasks)
             self._bus.close()
         if timer is not None:
@@ -106,5 +107,17 @@ class MarketDataService:
             self._failures.append(e)
             log.error("feed.failed", exchange=feed.exchange, error=str(e))
             self.request_stop(f"{feed.exchange} feed failed")
+        except Exception as e:  # a bug: still stop in order, so what was accepted is consumed
+            self._failures.append(e)
+            log.exception("feed.crashed", exchange=feed.exchange)
+            self.request_stop(f"{feed.exchange} feed crashed")
         else:
             self.request_stop(f"{feed.exchange} feed ended")
+
+    @staticmethod
+    async def _run_consumer(consumer: Consumer, subscription: Subscription) -> None:
+        """A consumer that returns early must not hold the feeds back: its subscription goes too."""
+        try:
+            await consumer.run(subscription)
+        finally:
+            subscription.close()

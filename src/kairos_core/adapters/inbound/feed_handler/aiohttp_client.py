@@ -48,6 +48,9 @@ class AiohttpConnector(ConnectorLimits, WebSocketConnector):
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             await http.close()
             raise FeedDisconnected(f"cannot connect to {url}: {e or type(e).__name__}") from e
+        except BaseException:  # cancelled by stop(): leave no session behind
+            await http.close()
+            raise
         return AiohttpSession(http, websocket)
 
 
@@ -62,14 +65,17 @@ class AiohttpSession(WebSocketSession):
     async def pump(self, on_frame: FrameHandler, ready: Ready) -> None:
         receive = self._websocket.receive
         batch = range(READY_EVERY)
-        while True:
-            await ready()
-            for _ in batch:
-                message = await receive()
-                if message.type in _DATA:
-                    on_frame(message.data)
-                else:
-                    await self._control(message)
+        try:
+            while True:
+                await ready()
+                for _ in batch:
+                    message = await receive()
+                    if message.type in _DATA:
+                        on_frame(message.data)
+                    else:
+                        await self._control(message)
+        except (aiohttp.ClientError, ConnectionError) as e:  # e.g. a pong to a closing transport
+            raise FeedDisconnected(f"network error: {e or type(e).__name__}") from e
 
     async def _control(self, message: WSMessage | WSMessageTextBytes) -> None:
         if message.type is WSMsgType.PING:

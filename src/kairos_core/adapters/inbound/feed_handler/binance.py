@@ -84,6 +84,7 @@ class BinanceFeedHandler(MarketFeedPort):
         self._watchdog = watchdog
         self._stopping = asyncio.Event()
         self._session: WebSocketSession | None = None
+        self._task: asyncio.Task[None] | None = None
         self._frames = 0
         self._held_back = False
         self._end_reason: str | None = None
@@ -102,6 +103,27 @@ class BinanceFeedHandler(MarketFeedPort):
         return f"{self._url}{separator}{urlencode({'streams': streams}, safe='@/')}"
 
     async def start(self) -> None:
+        # The work runs in its own task so that stop() can end it wherever it waits (a connect,
+        # the REST check, a bus that holds the feed back), not only between frames.
+        if self._stopping.is_set():
+            return
+        self._task = asyncio.create_task(self._run(), name=f"feed:{self.exchange}")
+        try:
+            await asyncio.wait({self._task})
+        finally:
+            self._task.cancel()
+        if not self._task.cancelled():
+            self._task.result()
+        log.info(
+            "feed.stopped", exchange=self.exchange, reconnects=self.reconnects, rejected=dict(self.rejected)
+        )
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
         if self._rest_url is not None:
             await check_symbols_trading(self._rest_url, self.symbols)
         while not self._stopping.is_set():
@@ -117,12 +139,6 @@ class BinanceFeedHandler(MarketFeedPort):
                 self.reconnects += 1
                 log.warning("feed.reconnecting", exchange=self.exchange, reason=reason, delay=round(delay, 3))
                 await self._sleep_unless_stopped(delay)
-        log.info("feed.stopped", exchange=self.exchange, rejected=dict(self.rejected))
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._session is not None:
-            await self._session.close()
 
     async def _stream_once(self) -> None:
         session = await self._connector.connect(self.stream_url)

@@ -38,8 +38,8 @@ async def check_symbols_trading(rest_url: str, symbols: tuple[str, ...], timeout
     """
     wanted = [symbol.upper() for symbol in symbols]
     try:
-        async with aiohttp.ClientSession(rest_url, timeout=aiohttp.ClientTimeout(total=timeout)) as client:
-            statuses = await _statuses(client, wanted)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as client:
+            statuses = await _statuses(client, f"{rest_url}/api/v3/exchangeInfo", wanted)
     except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError, msgspec.ValidationError) as e:
         log.warning("symbols.unchecked", url=rest_url, error=str(e) or type(e).__name__)
         return
@@ -57,27 +57,27 @@ async def check_symbols_trading(rest_url: str, symbols: tuple[str, ...], timeout
             )
 
 
-async def _statuses(client: aiohttp.ClientSession, wanted: list[str]) -> dict[str, str | None]:
-    status, body = await _get(client, {"symbols": json.dumps(wanted, separators=(",", ":"))})
+async def _statuses(client: aiohttp.ClientSession, url: str, wanted: list[str]) -> dict[str, str | None]:
+    status, body = await _get(client, url, {"symbols": json.dumps(wanted, separators=(",", ":"))})
     if status == 400 and _error_code(body) == _INVALID_SYMBOL:
         # Binance rejects the whole list without naming the culprit; ask one symbol at a time.
-        answers = await asyncio.gather(*(_status_of(client, symbol) for symbol in wanted))
+        answers = await asyncio.gather(*(_status_of(client, url, symbol) for symbol in wanted))
         return dict(zip(wanted, answers, strict=True))
     info = msgspec.json.decode(body, type=_ExchangeInfo)
     return {entry.symbol: entry.status for entry in info.symbols}
 
 
-async def _status_of(client: aiohttp.ClientSession, symbol: str) -> str | None:
-    status, body = await _get(client, {"symbol": symbol})
+async def _status_of(client: aiohttp.ClientSession, url: str, symbol: str) -> str | None:
+    status, body = await _get(client, url, {"symbol": symbol})
     if status == 400 and _error_code(body) == _INVALID_SYMBOL:
         return None
     info = msgspec.json.decode(body, type=_ExchangeInfo)
     return next((entry.status for entry in info.symbols if entry.symbol == symbol), None)
 
 
-async def _get(client: aiohttp.ClientSession, params: dict[str, str]) -> tuple[int, bytes]:
+async def _get(client: aiohttp.ClientSession, url: str, params: dict[str, str]) -> tuple[int, bytes]:
     """Status and body of ``exchangeInfo``; raises for any status but 200 and 400."""
-    async with client.get("/api/v3/exchangeInfo", params=params) as response:
+    async with client.get(url, params=params) as response:
         body = await response.read()
         if response.status not in (200, 400):
             response.raise_for_status()
