@@ -17,12 +17,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m kairos_core $(ARGS)
 
-# Offline: the bundled simulator on 127.0.0.1:$(DEMO_PORT), and the service pointed at it.
+# Offline: the bundled simulator on 127.0.0.1:$(DEMO_PORT), and the service pointed at it. ARGS
+# reach both, so --symbols is served by the simulator and streamed by the service.
 DEMO_PORT ?= 9443
 demo: $(STAMP)
-	@$(BIN)/python -m kairos_core simulate --port $(DEMO_PORT) --rate 20 & sim=$$!; \
+	@if $(BIN)/python -c 'import socket, sys; sys.exit(socket.socket().connect_ex(("127.0.0.1", $(DEMO_PORT))) != 0)'; then \
+		echo "port $(DEMO_PORT) is in use: run make demo DEMO_PORT=<a free port>"; exit 1; fi
+	@$(BIN)/python -m kairos_core simulate --port $(DEMO_PORT) --rate 20 $(ARGS) & sim=$$!; \
 	trap 'kill $$sim 2>/dev/null' EXIT; \
-	$(BIN)/python -c 'import socket, time; [time.sleep(0.1) for _ in range(100) if socket.socket().connect_ex(("127.0.0.1", $(DEMO_PORT)))]'; \
+	until $(BIN)/python -c 'import socket, sys; sys.exit(socket.socket().connect_ex(("127.0.0.1", $(DEMO_PORT))))'; do \
+		kill -0 $$sim 2>/dev/null || { echo "the simulator did not start (is port $(DEMO_PORT) free? set DEMO_PORT=...)"; exit 1; }; \
+		sleep 0.1; \
+	done; \
 	$(BIN)/python -m kairos_core --binance-url ws://127.0.0.1:$(DEMO_PORT)/stream \
 		--binance-rest-url http://127.0.0.1:$(DEMO_PORT) $(ARGS)
 

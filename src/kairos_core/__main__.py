@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -72,21 +73,35 @@ async def _simulate(settings: Settings, run: dict[str, Any]) -> None:
             id_base=run["id_base"] if run["id_base"] is not None else 1,
         )
     else:
-        simulator = BinanceSimulator(
-            settings.symbols,
-            rate=run["rate"] or 10.0,
-            seed=run["seed"],
-            id_base=run["id_base"],
-            replay=run["replay"],
-        )
-    await simulator.start(run["host"], run["port"])
+        try:
+            simulator = BinanceSimulator(
+                settings.symbols,
+                rate=run["rate"] or 10.0,
+                seed=run["seed"],
+                id_base=run["id_base"],
+                replay=_readable(run["replay"]),
+            )
+        except ValueError as e:
+            raise ConfigurationError(f"{e}: replay a Binance recording") from e
+    try:
+        await simulator.start(run["host"], run["port"])
+    except OSError as e:
+        raise ConfigurationError(
+            f"cannot listen on {run['host']}:{run['port']}: {e.strerror or e}: choose another --port"
+        ) from e
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    with contextlib.suppress(asyncio.CancelledError):
-        await (asyncio.wait_for(stop.wait(), run["duration"]) if "duration" in run else stop.wait())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), run.get("duration"))
     await simulator.stop()
+
+
+def _readable(replay: Path | None) -> Path | None:
+    if replay is not None and not replay.is_file():
+        raise ConfigurationError(f"--replay {str(replay)!r} is not a readable file: name a recording")
+    return replay
 
 
 def _describe(error: Any, flags: dict[str, str]) -> str:

@@ -10,6 +10,7 @@ import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic.fields import FieldInfo
@@ -96,16 +97,12 @@ class Settings(BaseSettings):
     @field_validator("binance_ws_url", "okx_ws_url", mode="after")
     @classmethod
     def _websocket_url(cls, url: str) -> str:
-        if not url.startswith(("ws://", "wss://")):
-            raise ValueError(f"{url!r} is not a WebSocket URL: it must start with ws:// or wss://")
-        return url
+        return _checked_url(url, ("ws", "wss"))
 
     @field_validator("binance_rest_url", "okx_rest_url", mode="after")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r} is not an HTTP URL: it must start with http:// or https://")
-        return url.rstrip("/")
+        return _checked_url(url, ("http", "https")).rstrip("/")
 
     @classmethod
     def settings_customise_sources(
@@ -122,6 +119,21 @@ class Settings(BaseSettings):
         if config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+
+def _checked_url(url: str, schemes: tuple[str, ...]) -> str:
+    """The URL if it can be connected to: a known scheme, a host, a valid port."""
+    example = f"{schemes[-1]}://host:port/path"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"{url!r} is not a valid URL ({e}): use {example}") from None
+    if parts.scheme not in schemes:
+        raise ValueError(f"{url!r} must start with {' or '.join(s + '://' for s in schemes)}")
+    if not parts.hostname or port == 0:
+        raise ValueError(f"{url!r} names no host (or port 0) to connect to: use {example}")
+    return url
 
 
 class _OursOnly(PydanticBaseSettingsSource):

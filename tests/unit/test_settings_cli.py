@@ -387,6 +387,11 @@ def by_command_line(cases: list[tuple[list[str], list[str]]]) -> list[Any]:
             (["--exchange", "okx"], ["okx", "--exchange binance"]),
             (["--symbols", "btc-usdt"], ["'btc-usdt'", "btcusdt"]),
             (["--symbols", "btcusdt,x"], ["'x'", "btcusdt"]),
+            (["--binance-url", "ws://"], ["--binance-url", "no host"]),
+            (["--binance-url", "ws://[::1"], ["--binance-url", "not a valid URL"]),
+            (["--binance-url", "ws://127.0.0.1:99999/stream"], ["--binance-url", "Port out of range"]),
+            (["--binance-rest-url", "http://:80"], ["--binance-rest-url", "no host"]),
+            (["simulate", "--replay", "/no/such/recording"], ["--replay", "not a readable file"]),
         ]
     ),
 )
@@ -412,6 +417,8 @@ def test_bad_setting_exits_2_with_one_line(
             (["--log-level", "loud"], ["--log-level", "info"]),
             (["--no-such-flag"], ["--no-such-flag", "--help"]),
             (["simulate", "--rate", "0"], ["--rate", "positive number"]),
+            (["simulate", "--port", "-1"], ["--port", "0 to 65535"]),
+            (["--max-ticks", "abc"], ["--max-ticks", "invalid whole number value"]),
         ]
     ),
 )

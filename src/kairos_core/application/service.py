@@ -94,7 +94,11 @@ class MarketDataService:
             stop_reason=self._stop_reason,
         )
         log.info(
-            "service.stopped", reason=summary.stop_reason, ticks_total=summary.total, ticks=summary.ticks
+            "service.stopped",
+            reason=summary.stop_reason,
+            ticks_total=summary.total,
+            ticks=summary.ticks,
+            refused_after_limit=self._counter.refused,
         )
         if self._failures:
             raise self._failures[0]

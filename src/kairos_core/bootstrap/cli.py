@@ -48,6 +48,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_positive_int.__name__ = "whole number"  # argparse names the type in "invalid whole number value"
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {text}")
+    return value
+
+
+_port.__name__ = "port"
+
+
 def _positive(unit: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value = float(text)
@@ -129,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     simulate.add_argument(
-        "--port", type=int, default=9443, help="port to listen on (default 9443; 0 picks one)"
+        "--port", type=_port, default=9443, help="port to listen on (default 9443; 0 picks one)"
     )
     simulate.add_argument(
         "--rate",

@@ -116,6 +116,8 @@ class BinanceSimulator:
         self._replaying = replay is not None
         if replay is not None:
             recorded = list(recorded_agg_trades(replay))
+            if not recorded:
+                raise ValueError(f"{replay} holds no Binance aggTrade or trade frames to replay")
             self.symbols = tuple(dict.fromkeys(symbol for symbol, _ in recorded))
             self._frames: Iterator[tuple[str, bytes]] = iter(recorded)
         else:
