@@ -518,3 +518,16 @@ def test_simulate_help_lists_the_run_options(capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     for name in [*EVERY_FLAG, "--port", "--host", "--rate", "--seed", "--replay"]:
         assert name in out, name
+
+
+def test_settings_whose_feature_is_not_built_yet_are_reported() -> None:
+    from structlog.testing import capture_logs
+
+    from kairos_core.bootstrap.compose import warn_about_settings_not_in_effect
+
+    with capture_logs() as logs:
+        warn_about_settings_not_in_effect(Settings(database_url="postgresql://x/y", metrics_port=9100))
+    assert {(entry["event"], entry["setting"]) for entry in logs} == {
+        ("setting.not_in_effect", "database_url"),
+        ("setting.not_in_effect", "metrics_port"),
+    }

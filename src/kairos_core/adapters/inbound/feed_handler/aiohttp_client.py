@@ -89,12 +89,6 @@ class AiohttpSession(WebSocketSession):
             code = self._websocket.close_code
             raise FeedDisconnected(f"connection closed: code {code}" if code else "connection closed")
 
-    async def send_text(self, text: str) -> None:
-        try:
-            await self._websocket.send_str(text)
-        except (aiohttp.ClientError, ConnectionError) as e:
-            raise FeedDisconnected(f"cannot send: {e}") from e
-
     async def is_alive(self, timeout: float) -> bool:
         self._pong = asyncio.get_running_loop().create_future()
         try:

@@ -85,6 +85,7 @@ ControlFrame = SubscriptionReply | ErrorReply | ServerShutdown
 _Event = TypeVar("_Event", AggTrade, ServerShutdownEvent)
 
 _combined_decoder = msgspec.json.Decoder(_CombinedFrame)
+_raw_decoder = msgspec.json.Decoder(AggTrade | ServerShutdownEvent)  # /ws/<stream>: data alone
 _any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 _SELL, _BUY, _BINANCE = Side.SELL, Side.BUY, Exchange.BINANCE
@@ -107,7 +108,10 @@ def parse_frame(
     try:
         payload = _combined_decoder.decode(raw).data
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError):
-        return _parse_uncommon(raw, received_at_ns, source)
+        try:
+            payload = _raw_decoder.decode(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError):
+            return _parse_uncommon(raw, received_at_ns, source)
     if type(payload) is AggTrade:
         return _tick_from(payload, raw, received_at_ns, source)
     return ServerShutdown(event_time_ms=payload.E)

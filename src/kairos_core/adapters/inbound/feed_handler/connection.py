@@ -1,7 +1,7 @@
 """The seam between feed handlers and a WebSocket client library.
 
-A handler sees only ``WebSocketConnector`` and ``WebSocketSession``: raw frames in, text out,
-and our own errors. Each client library has one module behind this seam (``aiohttp_client``,
+A handler sees only ``WebSocketConnector`` and ``WebSocketSession``: raw frames in and our own
+errors out. Each client library has one module behind this seam (``aiohttp_client``,
 ``websockets_client``); the parsers, the handlers' logic and the bus never see the library.
 """
 
@@ -41,8 +41,6 @@ class WebSocketSession(Protocol):
         when the connection ends.
         """
         ...
-
-    async def send_text(self, text: str) -> None: ...
 
     async def is_alive(self, timeout: float) -> bool:
         """Ping the server; True if it answered within ``timeout`` seconds."""

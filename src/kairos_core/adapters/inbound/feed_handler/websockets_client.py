@@ -63,12 +63,6 @@ class WebsocketsSession(WebSocketSession):
         except OSError as e:
             raise FeedDisconnected(f"network error: {e}") from e
 
-    async def send_text(self, text: str) -> None:
-        try:
-            await self._connection.send(text)
-        except ConnectionClosed as e:
-            raise FeedDisconnected(f"connection closed: {_close_reason(e)}") from e
-
     async def is_alive(self, timeout: float) -> bool:
         try:
             pong = await self._connection.ping()
