@@ -192,9 +192,17 @@ async def test_an_unknown_symbol_fails_fast_before_streaming(
     assert simulator.handshakes == 0
 
 
-async def test_an_unreachable_rest_endpoint_only_warns(
-    simulator: BinanceSimulator, connector: WebSocketConnector
+@pytest.mark.parametrize(
+    "rest_path",
+    [
+        pytest.param(None, id="unreachable"),  # the discard port: nothing listens
+        pytest.param("/prefix", id="path-prefix"),  # asked at <base>/api/v3/...; the simulator 404s
+    ],
+)
+async def test_an_unusable_rest_endpoint_only_warns(
+    simulator: BinanceSimulator, connector: WebSocketConnector, rest_path: str | None
 ) -> None:
+    rest_url = "http://127.0.0.1:9" if rest_path is None else f"http://127.0.0.1:{simulator.port}{rest_path}"
     counter = TickCounter(BroadcastBus(capacity=100_000), limit=5)
     reached = asyncio.Event()
     counter.on_limit = reached.set
@@ -202,7 +210,7 @@ async def test_an_unreachable_rest_endpoint_only_warns(
         counter,
         ("btcusdt",),
         url=f"ws://127.0.0.1:{simulator.port}/stream",
-        rest_url="http://127.0.0.1:9",  # discard port: nothing listens
+        rest_url=rest_url,
         connector=connector,
         policy=fast_policy(),
     )
@@ -358,25 +366,6 @@ async def test_stop_ends_a_feed_stuck_in_connect(connector: WebSocketConnector) 
         for writer in held:
             writer.close()
         await server.wait_closed()
-
-
-async def test_a_rest_url_with_a_path_is_used_as_given(
-    simulator: BinanceSimulator, connector: WebSocketConnector
-) -> None:
-    """A REST base with a path (a proxy prefix) is asked at <base>/api/v3/...; here it 404s: a warning."""
-    counter = TickCounter(BroadcastBus(capacity=100_000), limit=5)
-    reached = asyncio.Event()
-    counter.on_limit = reached.set
-    feed = BinanceFeedHandler(
-        counter,
-        ("btcusdt",),
-        url=f"ws://127.0.0.1:{simulator.port}/stream",
-        rest_url=f"http://127.0.0.1:{simulator.port}/prefix",
-        connector=connector,
-        policy=fast_policy(),
-    )
-    await run_until(feed, reached)
-    assert counter.total == 5
 
 
 async def test_a_ping_from_a_closing_server_is_a_disconnect_not_a_crash(
