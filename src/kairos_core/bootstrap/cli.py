@@ -133,11 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[run_options],
         argument_default=argparse.SUPPRESS,
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    commands = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        parser_class=OneLineParser,
+        title="commands (optional; without one, the service runs)",
+    )
     simulate = commands.add_parser(
         "simulate",
         parents=[run_options],
         help="serve a local simulated exchange on 127.0.0.1 (for demos and tests)",
+        description=(
+            "A local Binance-like market-stream server: combined and raw streams, live subscriptions, "
+            "exchangeInfo; a seeded random walk or --replay of a recording; --bench for benchmarks. "
+            "Of the run options it reads --symbols, --log-format, --log-level and --duration."
+        ),
         argument_default=argparse.SUPPRESS,
     )
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
