@@ -57,6 +57,19 @@ def feed_for(
     )
 
 
+def bare_feed(port: int, connector: WebSocketConnector, watchdog: float = 60.0) -> BinanceFeedHandler:
+    """A btcusdt feed to a hand-made server on ``port``: no REST check, fast reconnects."""
+    return BinanceFeedHandler(
+        BroadcastBus(),
+        ("btcusdt",),
+        url=f"ws://127.0.0.1:{port}/stream",
+        rest_url=None,
+        connector=connector,
+        policy=fast_policy(),
+        watchdog=watchdog,
+    )
+
+
 async def collect(subscription: Subscription) -> list[MarketTick]:
     return [tick async for tick in subscription]
 
@@ -269,15 +282,7 @@ async def test_a_silent_connection_is_replaced_by_the_watchdog(connector: WebSoc
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    feed = BinanceFeedHandler(
-        BroadcastBus(),
-        ("btcusdt",),
-        url=f"ws://127.0.0.1:{port}/stream",
-        rest_url=None,
-        connector=connector,
-        policy=fast_policy(),
-        watchdog=0.3,
-    )
+    feed = bare_feed(port, connector, watchdog=0.3)
     replaced = asyncio.Event()
 
     async def watch() -> None:
@@ -351,9 +356,7 @@ async def test_stop_ends_a_feed_stuck_in_connect(connector: WebSocketConnector) 
 
     server = await asyncio.start_server(mute, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    feed = BinanceFeedHandler(
-        BroadcastBus(), ("btcusdt",), url=f"ws://127.0.0.1:{port}/stream", rest_url=None, connector=connector
-    )
+    feed = bare_feed(port, connector)
     task = asyncio.create_task(feed.start())
     try:
         await eventually(lambda: bool(held))
@@ -380,14 +383,7 @@ async def test_a_ping_from_a_closing_server_is_a_disconnect_not_a_crash(
 
     async with serve(ping_and_leave, "127.0.0.1", 0, ping_interval=None) as server:
         port = server.sockets[0].getsockname()[1]
-        feed = BinanceFeedHandler(
-            BroadcastBus(),
-            ("btcusdt",),
-            url=f"ws://127.0.0.1:{port}/stream",
-            rest_url=None,
-            connector=connector,
-            policy=fast_policy(),
-        )
+        feed = bare_feed(port, connector)
         task = asyncio.create_task(feed.start())
         await eventually(lambda: feed.reconnects >= 5 or task.done())
         assert not task.done(), task.exception()
