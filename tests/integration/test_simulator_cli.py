@@ -6,14 +6,8 @@ import socket
 from pathlib import Path
 
 import pytest
-import structlog
 
 from kairos_core.__main__ import main
-
-
-@pytest.fixture(autouse=True)
-def fresh_structlog() -> None:
-    structlog.reset_defaults()
 
 
 def error_line(capsys: pytest.CaptureFixture[str]) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,14 +21,6 @@ class FakeTerminal(io.StringIO):
 
     def isatty(self) -> bool:
         return True
-
-
-@pytest.fixture(autouse=True)
-def fresh_structlog() -> Iterator[None]:
-    """configure_logging caches loggers on first use: start and end from structlog's defaults."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 def lines_of(stream: io.StringIO) -> list[str]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from kairos_core.application.bus import BroadcastBus, Subscription
@@ -115,14 +114,6 @@ def make_service(
 async def run_guarded(service: MarketDataService) -> RunSummary:
     async with asyncio.timeout(GUARD_SECONDS):
         return await service.run()
-
-
-@pytest.fixture(autouse=True)
-def fresh_structlog() -> Iterator[None]:
-    """No logging configuration left by another test decides where these logs go."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 # --- MarketDataService --------------------------------------------------------------------------

@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pydantic
 import pytest
-import structlog
 
 from kairos_core.__main__ import main
 from kairos_core.bootstrap.cli import build_parser, parse_arguments, setting_flags
@@ -61,16 +59,13 @@ EVERY_ENV = [row[1] for row in CONTRACT] + ["KAIROS_CONFIG"]
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No real KAIROS_* variable or .env leaks in; main()'s logging setup does not leak out."""
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No real KAIROS_* variable or .env leaks in (structlog is reset by tests/conftest.py)."""
     for name in list(os.environ):
         if name.upper().startswith("KAIROS_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("COLUMNS", "200")  # --help wraps at the terminal width
     monkeypatch.chdir(tmp_path)
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 def settings_from(argv: list[str]) -> Settings:
