@@ -13,7 +13,7 @@ from kairos_core.domain.errors import (
     RejectReason,
 )
 from kairos_core.domain.model import Exchange, MarketTick, Side, TickSource
-from kairos_core.domain.ports import MarketFeedPort, TickSink
+from kairos_core.domain.ports import MarketFeedPort, TickRepository, TickSink
 
 __all__ = [
     "BusClosed",
@@ -30,6 +30,7 @@ __all__ = [
     "MarketTick",
     "RejectReason",
     "Side",
+    "TickRepository",
     "TickSink",
     "TickSource",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
 from kairos_core.domain.model import Exchange, MarketTick
@@ -32,4 +34,26 @@ class MarketFeedPort(Protocol):
 
     async def stop(self) -> None:
         """Ask ``start`` to return; safe to call more than once."""
+        ...
+
+
+class TickRepository(Protocol):
+    """Durable storage of ticks, idempotent on ``(exchange, symbol, trade_id)``.
+
+    Storing a tick that is already stored is not an error: it is skipped, and the rest of its
+    batch is stored all the same, so a retried or re-delivered batch never duplicates a row.
+    """
+
+    async def add_many(self, ticks: Sequence[MarketTick]) -> int:
+        """Store ``ticks`` in one transaction; return how many rows were new."""
+        ...
+
+    async def last_trade_id(self, exchange: Exchange, symbol: str) -> int | None:
+        """The highest stored trade id of a symbol, or None if none is stored."""
+        ...
+
+    async def ticks_between(
+        self, exchange: Exchange, symbol: str, start: datetime, end: datetime
+    ) -> list[MarketTick]:
+        """A symbol's stored ticks with ``start <= trade time < end``, in trade-id order."""
         ...
