@@ -16,7 +16,8 @@ from kairos_core.application.consumers import Consumer
 from kairos_core.application.consumers.price_monitor import PriceMonitor, price_text
 from kairos_core.application.service import MarketDataService, RunSummary
 from kairos_core.application.tick_counter import TickCounter
-from kairos_core.domain import BusClosed, Exchange, FeedRefused, MarketFeedPort, MarketTick, TickSink
+from kairos_core.domain import BusClosed, Exchange, FeedRefused, MarketTick, TickSink
+from tests.fakes import FakeFeed
 from tests.strategies import numbered_tick as tick
 
 GUARD_SECONDS = 5.0
@@ -26,46 +27,6 @@ GUARD_SECONDS = 5.0
 def alternating(count: int, exchange: Exchange = Exchange.BINANCE) -> list[MarketTick]:
     """``count`` ticks, BTCUSDT and ETHUSDT in turn, trade ids 0, 1, 2, ..."""
     return [tick(seq, ("BTCUSDT", "ETHUSDT")[seq % 2], exchange) for seq in range(count)]
-
-
-class FakeFeed(MarketFeedPort):
-    """Publishes its ticks into the sink (awaiting ``writable`` before each), then waits for stop."""
-
-    def __init__(
-        self,
-        sink: TickSink,
-        ticks: Sequence[MarketTick],
-        *,
-        exchange: Exchange = Exchange.BINANCE,
-        fail_with: Exception | None = None,
-        wait_for_stop: bool = True,
-    ) -> None:
-        self._sink = sink
-        self._ticks = ticks
-        self._exchange = exchange
-        self._fail_with = fail_with
-        self._wait_for_stop = wait_for_stop
-        self._stopped = asyncio.Event()
-        self.handed_over = 0
-        self.stop_calls = 0
-
-    @property
-    def exchange(self) -> Exchange:
-        return self._exchange
-
-    async def start(self) -> None:
-        for item in self._ticks:
-            await self._sink.writable()
-            self._sink.publish(item)
-            self.handed_over += 1
-        if self._fail_with is not None:
-            raise self._fail_with
-        if self._wait_for_stop:
-            await self._stopped.wait()
-
-    async def stop(self) -> None:
-        self.stop_calls += 1
-        self._stopped.set()
 
 
 class RecordingConsumer(Consumer):
@@ -126,8 +87,12 @@ async def test_max_ticks_stops_after_exactly_n_ticks() -> None:
     summary = await run_guarded(service)
 
     assert summary == RunSummary(
-        ticks={"binance:BTCUSDT": 4, "binance:ETHUSDT": 3}, total=7, stop_reason="max-ticks reached"
+        ticks={"binance:BTCUSDT": 4, "binance:ETHUSDT": 3},
+        total=7,
+        stop_reason="max-ticks reached",
+        consumers={"recorder": summary.consumers["recorder"]},
     )
+    assert (summary.consumers["recorder"].received, summary.consumers["recorder"].lost) == (7, 0)
     assert bus.published == 7
     assert feed.handed_over == 10
     assert counter.refused == 3
@@ -170,8 +135,10 @@ async def test_duration_stops_the_run() -> None:
     summary = await run_guarded(service)
 
     assert time.monotonic() - started >= 0.04
-    assert summary == RunSummary(
-        ticks={"binance:BTCUSDT": 3, "binance:ETHUSDT": 2}, total=5, stop_reason="duration elapsed"
+    assert (summary.ticks, summary.total, summary.stop_reason) == (
+        {"binance:BTCUSDT": 3, "binance:ETHUSDT": 2},
+        5,
+        "duration elapsed",
     )
     assert feed.stop_calls == 1
     assert consumer.trade_ids == list(range(5))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from kairos_core.application.bus import BroadcastBus, Subscription
+from kairos_core.application.bus import BroadcastBus, SubscriberStats, Subscription
 from kairos_core.application.consumers import Consumer
 from kairos_core.application.tick_counter import TickCounter
 from kairos_core.domain import KairosError, MarketFeedPort
@@ -26,6 +26,8 @@ class RunSummary:
     """Ticks received per ``exchange:SYMBOL``."""
     total: int
     stop_reason: str
+    consumers: dict[str, SubscriberStats]
+    """Each consumer's bus counters as its subscription ended (``lost`` is 0 for lossless ones)."""
 
 
 class MarketDataService:
@@ -52,6 +54,7 @@ class MarketDataService:
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._failures: list[Exception] = []
+        self._consumer_stats: dict[str, SubscriberStats] = {}
         counter.on_limit = lambda: self.request_stop("max-ticks reached")
 
     def request_stop(self, reason: str) -> None:
@@ -92,6 +95,7 @@ class MarketDataService:
             },
             total=self._counter.total,
             stop_reason=self._stop_reason,
+            consumers=dict(self._consumer_stats),
         )
         log.info(
             "service.stopped",
@@ -99,6 +103,10 @@ class MarketDataService:
             ticks_total=summary.total,
             ticks=summary.ticks,
             refused_after_limit=self._counter.refused,
+            consumers={
+                name: {"received": stats.received, "lost": stats.lost}
+                for name, stats in summary.consumers.items()
+            },
         )
         if self._failures:
             raise self._failures[0]
@@ -118,10 +126,10 @@ class MarketDataService:
         else:
             self.request_stop(f"{feed.exchange} feed ended")
 
-    @staticmethod
-    async def _run_consumer(consumer: Consumer, subscription: Subscription) -> None:
+    async def _run_consumer(self, consumer: Consumer, subscription: Subscription) -> None:
         """A consumer that returns early must not hold the feeds back: its subscription goes too."""
         try:
             await consumer.run(subscription)
         finally:
+            self._consumer_stats[consumer.name] = subscription.stats()
             subscription.close()

@@ -156,11 +156,15 @@ class BinanceSimulator:
         log.info("simulator.listening", host=host, port=self.port, symbols=list(self.symbols), rate=self.rate)
         return self.port
 
-    async def stop(self) -> None:
+    async def halt(self) -> None:
+        """Stop producing, keep the connections: every frame counted in ``frames_sent`` is out."""
         if self._producer is not None:
             self._producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._producer
+
+    async def stop(self) -> None:
+        await self.halt()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

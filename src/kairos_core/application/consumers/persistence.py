@@ -1,0 +1,211 @@
+"""The persistence consumer: every tick on the bus into a ``TickRepository``, none dropped.
+
+Receiving and writing are apart so a slow or absent database never slows the bus: the receive
+loop only appends to the consumer's own buffer, and one writer task stores it in batches (by
+size or age), one batch in flight. A failed batch stays at the head of the buffer and is retried
+with capped backoff while the buffer grows; at its bound the receive loop stops reading, the
+subscription's queue fills and the bus holds the feeds back, so a long outage pauses the
+exchange connections instead of dropping ticks. The repository is idempotent, so a batch that
+committed but whose reply was lost is simply stored again as duplicates.
+
+The buffer belongs to this object, not to ``run``: a restarted loop goes on with what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from itertools import islice
+
+import structlog
+
+from kairos_core.application.bus import Subscription
+from kairos_core.domain import BusClosed, MarketTick, TickRepository
+
+log = structlog.get_logger(__name__)
+
+FILL_ALARMS = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9)
+"""Fractions of the buffer bound at which a growing buffer is logged, each once per rise."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PersistencePolicy:
+    batch_size: int = 1_000
+    flush_interval: float = 0.1
+    """Seconds a tick may wait for its batch to fill before it is written anyway."""
+    buffer_limit: int = 1_000_000
+    """Ticks held in memory before the feeds are paused; never a reason to drop one."""
+    retry_initial: float = 0.1
+    retry_max: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.buffer_limit < self.batch_size:
+            raise ValueError(
+                f"persistence needs 1 <= batch size <= buffer limit, got {self.batch_size} "
+                f"and {self.buffer_limit}"
+            )
+        if not (self.flush_interval > 0 and 0 < self.retry_initial <= self.retry_max):
+            raise ValueError("persistence flush interval and retry delays must be positive")
+
+
+@dataclass(slots=True)
+class PersistenceStats:
+    stored: int = 0
+    """Rows newly written."""
+    duplicates: int = 0
+    """Ticks written that were already stored (a repeated batch, a re-sent tick)."""
+    batches: int = 0
+    retries: int = 0
+    last_batch_seconds: float = 0.0
+
+
+class PersistenceConsumer:
+    """A lossless bus consumer that stores every tick it receives, in batches."""
+
+    lossless = True
+
+    def __init__(
+        self,
+        repository: TickRepository,
+        policy: PersistencePolicy | None = None,
+        *,
+        name: str = "persistence",
+    ) -> None:
+        self.name = name
+        self._repository = repository
+        self._policy = policy or PersistencePolicy()
+        self._buffer: deque[MarketTick] = deque()
+        self._batch_ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._receiving = False
+        self._alarm = 0
+        self._paused = False
+        self.stats = PersistenceStats()
+
+    @property
+    def buffered(self) -> int:
+        """Ticks received and not yet stored."""
+        return len(self._buffer)
+
+    async def run(self, subscription: Subscription) -> None:
+        """Receive until the bus closes, then return once every received tick is stored.
+
+        Cancelled, the writer is cancelled too and the unstored ticks stay in the buffer for the
+        next ``run``.
+        """
+        self._receiving = True
+        writer = asyncio.create_task(self._write_loop(), name=f"{self.name}:writer")
+        try:
+            await self._receive(subscription)
+        except BaseException:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            raise
+        self._receiving = False
+        self._batch_ready.set()
+        await writer
+        log.info("persistence.flushed", stored=self.stats.stored, duplicates=self.stats.duplicates)
+
+    async def _receive(self, subscription: Subscription) -> None:
+        buffer = self._buffer
+        limit = self._policy.buffer_limit
+        batch_size = self._policy.batch_size
+        while True:
+            if len(buffer) >= limit:
+                await self._wait_for_room()
+            try:
+                tick = subscription.try_recv() or await subscription.recv()
+            except BusClosed:
+                return
+            buffer.append(tick)
+            size = len(buffer)
+            if size >= batch_size:
+                self._batch_ready.set()
+                if size >= self._alarm_at():
+                    self._raise_alarm(size)
+
+    async def _wait_for_room(self) -> None:
+        self._paused = True
+        log.error(
+            "persistence.feeds_paused",
+            buffered=len(self._buffer),
+            buffer_limit=self._policy.buffer_limit,
+            reason="buffer full: the database is not keeping up or is down; nothing is dropped",
+        )
+        self._room.clear()
+        await self._room.wait()
+
+    def _alarm_at(self) -> int:
+        if self._alarm >= len(FILL_ALARMS):
+            return self._policy.buffer_limit + 1
+        return max(self._policy.batch_size, int(FILL_ALARMS[self._alarm] * self._policy.buffer_limit))
+
+    def _raise_alarm(self, size: int) -> None:
+        while self._alarm < len(FILL_ALARMS) and size >= self._alarm_at():
+            self._alarm += 1
+        log.warning(
+            "persistence.buffer_filling",
+            buffered=size,
+            buffer_limit=self._policy.buffer_limit,
+            percent=round(100 * size / self._policy.buffer_limit, 1),
+        )
+
+    async def _write_loop(self) -> None:
+        buffer = self._buffer
+        policy = self._policy
+        while buffer or self._receiving:
+            if len(buffer) < policy.batch_size and self._receiving:
+                self._batch_ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._batch_ready.wait(), policy.flush_interval)
+                if not buffer:
+                    continue
+            batch = list(islice(buffer, policy.batch_size))
+            await self._store(batch)
+            for _ in batch:
+                buffer.popleft()
+            self._after_write()
+
+    async def _store(self, batch: list[MarketTick]) -> None:
+        delay = self._policy.retry_initial
+        failed = False
+        while True:
+            started = time.perf_counter()
+            try:
+                new = await self._repository.add_many(batch)
+            except Exception as e:  # any failure: the batch is kept and retried, never dropped
+                self.stats.retries += 1
+                failed = True
+                wait = delay * random.uniform(0.5, 1.0)
+                log.warning(
+                    "persistence.write_failed",
+                    error=f"{type(e).__name__}: {e}",
+                    batch=len(batch),
+                    buffered=len(self._buffer),
+                    retry_in=round(wait, 3),
+                )
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, self._policy.retry_max)
+                continue
+            stats = self.stats
+            stats.last_batch_seconds = time.perf_counter() - started
+            stats.batches += 1
+            stats.stored += new
+            stats.duplicates += len(batch) - new
+            if failed:
+                log.info("persistence.write_recovered", buffered=len(self._buffer))
+            return
+
+    def _after_write(self) -> None:
+        size = len(self._buffer)
+        if self._paused and size < self._policy.buffer_limit:
+            self._paused = False
+            log.warning("persistence.feeds_resumed", buffered=size)
+            self._room.set()
+        while self._alarm and size < int(FILL_ALARMS[self._alarm - 1] * self._policy.buffer_limit):
+            self._alarm -= 1

@@ -1,0 +1,192 @@
+"""The persistence consumer against an in-memory repository: batching, outages, the bound, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from kairos_core.application.bus import BroadcastBus
+from kairos_core.application.consumers.persistence import PersistenceConsumer, PersistencePolicy
+from kairos_core.domain import MarketTick
+from tests.fakes import InMemoryTickRepository
+from tests.strategies import numbered_tick
+
+GUARD = 5.0
+
+
+def ticks(count: int, start: int = 0) -> list[MarketTick]:
+    return [numbered_tick(seq, ("BTCUSDT", "ETHUSDT")[seq % 2]) for seq in range(start, start + count)]
+
+
+def fast(**overrides: float) -> PersistencePolicy:
+    values: dict[str, float] = {
+        "batch_size": 10,
+        "flush_interval": 0.01,
+        "buffer_limit": 1_000,
+        "retry_initial": 0.001,
+        "retry_max": 0.005,
+    }
+    values.update(overrides)
+    return PersistencePolicy(
+        batch_size=int(values["batch_size"]),
+        flush_interval=values["flush_interval"],
+        buffer_limit=int(values["buffer_limit"]),
+        retry_initial=values["retry_initial"],
+        retry_max=values["retry_max"],
+    )
+
+
+async def feed(bus: BroadcastBus, items: list[MarketTick]) -> None:
+    """What a feed does: wait until the bus is writable, then publish."""
+    for item in items:
+        await bus.writable()
+        bus.publish(item)
+
+
+def stored_ids(repository: InMemoryTickRepository) -> list[int]:
+    return sorted(trade_id for (_, _, trade_id) in repository.rows)
+
+
+async def test_every_tick_is_stored_once_in_batches_and_flushed_at_close() -> None:
+    repository = InMemoryTickRepository()
+    consumer = PersistenceConsumer(repository, fast())
+    bus = BroadcastBus(capacity=16)
+    task = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
+    await feed(bus, ticks(95))
+    bus.close()
+    await asyncio.wait_for(task, GUARD)
+    assert stored_ids(repository) == list(range(95))
+    assert max(repository.calls) <= 10
+    assert consumer.stats.stored == 95
+    assert consumer.buffered == 0
+
+
+async def test_a_part_batch_is_written_after_the_flush_interval_while_the_bus_is_open() -> None:
+    repository = InMemoryTickRepository()
+    consumer = PersistenceConsumer(repository, fast(batch_size=100, flush_interval=0.02))
+    bus = BroadcastBus()
+    task = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
+    await feed(bus, ticks(3))
+    async with asyncio.timeout(GUARD):
+        while len(repository.rows) < 3:
+            await asyncio.sleep(0.005)
+    assert not task.done()
+    bus.close()
+    await asyncio.wait_for(task, GUARD)
+
+
+async def test_an_outage_loses_nothing_and_stores_nothing_twice() -> None:
+    repository = InMemoryTickRepository()
+    repository.fail_next(7)
+    consumer = PersistenceConsumer(repository, fast())
+    bus = BroadcastBus(capacity=16)
+    with capture_logs() as logs:
+        task = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
+        await feed(bus, ticks(200))
+        bus.close()
+        await asyncio.wait_for(task, GUARD)
+    assert stored_ids(repository) == list(range(200))
+    assert consumer.stats.retries == 7
+    assert consumer.stats.duplicates == 0
+    events = [entry["event"] for entry in logs]
+    assert events.count("persistence.write_failed") == 7
+    assert "persistence.write_recovered" in events
+
+
+async def test_a_full_buffer_pauses_the_feed_instead_of_dropping() -> None:
+    repository = InMemoryTickRepository()
+    repository.down = True
+    consumer = PersistenceConsumer(repository, fast(batch_size=10, buffer_limit=50))
+    bus = BroadcastBus(capacity=20)
+    subscription = bus.subscribe("persistence", lossless=True)
+    with capture_logs() as logs:
+        task = asyncio.create_task(consumer.run(subscription))
+        feeding = asyncio.create_task(feed(bus, ticks(500)))
+        await asyncio.sleep(0.1)
+        # Held back: the buffer is at its bound, the bus queue full, the feed waiting in writable().
+        assert not feeding.done()
+        assert consumer.buffered == 50
+        assert bus.published <= 50 + 20 + 1
+        assert subscription.stats().lost == 0
+        repository.down = False
+        await asyncio.wait_for(feeding, GUARD)
+        bus.close()
+        await asyncio.wait_for(task, GUARD)
+    assert stored_ids(repository) == list(range(500))
+    events = [entry["event"] for entry in logs]
+    assert "persistence.feeds_paused" in events
+    assert "persistence.feeds_resumed" in events
+    assert "persistence.buffer_filling" in events
+    paused = next(entry for entry in logs if entry["event"] == "persistence.feeds_paused")
+    assert paused["log_level"] == "error"
+
+
+async def test_the_buffer_survives_a_restart_of_the_loop() -> None:
+    repository = InMemoryTickRepository()
+    repository.down = True
+    consumer = PersistenceConsumer(repository, fast())
+    bus = BroadcastBus()
+    first = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
+    await feed(bus, ticks(30))
+    async with asyncio.timeout(GUARD):
+        while consumer.buffered < 30:
+            await asyncio.sleep(0.005)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert consumer.buffered == 30
+    repository.down = False
+    second = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
+    await feed(bus, ticks(30, start=30))
+    bus.close()
+    await asyncio.wait_for(second, GUARD)
+    assert stored_ids(repository) == list(range(60))
+
+
+async def test_ticks_already_stored_count_as_duplicates() -> None:
+    repository = InMemoryTickRepository()
+    await repository.add_many(ticks(5))
+    consumer = PersistenceConsumer(repository, fast())
+    bus = BroadcastBus()
+    task = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
+    await feed(bus, ticks(12))
+    bus.close()
+    await asyncio.wait_for(task, GUARD)
+    assert (consumer.stats.stored, consumer.stats.duplicates) == (7, 5)
+
+
+@given(
+    count=st.integers(0, 300),
+    batch_size=st.integers(1, 40),
+    failures=st.integers(0, 5),
+    capacity=st.integers(1, 64),
+)
+def test_whatever_the_sizes_and_failures_every_tick_is_stored_exactly_once(
+    count: int, batch_size: int, failures: int, capacity: int
+) -> None:
+    async def scenario() -> None:
+        repository = InMemoryTickRepository()
+        repository.fail_next(failures)
+        consumer = PersistenceConsumer(repository, fast(batch_size=batch_size, buffer_limit=batch_size * 3))
+        bus = BroadcastBus(capacity=capacity)
+        task = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
+        await feed(bus, ticks(count))
+        bus.close()
+        await asyncio.wait_for(task, GUARD)
+        assert stored_ids(repository) == list(range(count))
+        assert max(repository.calls, default=0) <= batch_size
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("batch_size", 0), ("buffer_limit", 5), ("flush_interval", 0), ("retry_initial", 0)],
+)
+def test_a_policy_that_cannot_work_is_refused(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match="persistence"):
+        fast(**{field: value})
