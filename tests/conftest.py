@@ -17,6 +17,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 REPO = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.database"]
+
 
 @pytest.fixture(autouse=True)
 def fresh_structlog() -> Iterator[None]:
