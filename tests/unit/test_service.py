@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -19,6 +18,7 @@ from kairos_core.application.tick_counter import TickCounter
 from kairos_core.domain import BusClosed, Exchange, FeedRefused, MarketTick, TickSink
 from tests.fakes import FakeFeed
 from tests.strategies import numbered_tick as tick
+from tests.trading import read_to_end
 
 GUARD_SECONDS = 5.0
 """Upper bound for any run in these tests, so a missed wake-up fails instead of hanging."""
@@ -362,21 +362,6 @@ def test_price_text(price: Decimal, text: str) -> None:
 # --- PriceMonitor -------------------------------------------------------------------------------
 
 
-async def monitor_logs(
-    monitor: PriceMonitor, ticks: Sequence[MarketTick], capacity: int = 1000
-) -> list[MutableMapping[str, Any]]:
-    """What ``monitor`` logs reading ``ticks`` (all published before it starts) to the end."""
-    bus = BroadcastBus(capacity=capacity)
-    subscription = bus.subscribe(monitor.name, lossless=monitor.lossless)
-    for item in ticks:
-        bus.publish(item)
-    bus.close()
-    with capture_logs() as logs:
-        async with asyncio.timeout(GUARD_SECONDS):
-            await monitor.run(subscription)
-    return logs
-
-
 async def test_price_monitor_logs_the_first_tick_of_each_symbol_then_throttles() -> None:
     ticks = [
         tick(0, "BTCUSDT"),
@@ -386,7 +371,7 @@ async def test_price_monitor_logs_the_first_tick_of_each_symbol_then_throttles()
         tick(4, "ETHUSDT"),
     ]
 
-    logs = await monitor_logs(PriceMonitor(interval=3600), ticks)
+    logs = await read_to_end(PriceMonitor(interval=3600), ticks)
 
     assert logs == [
         {
@@ -411,7 +396,7 @@ async def test_price_monitor_logs_the_first_tick_of_each_symbol_then_throttles()
 async def test_price_monitor_throttles_each_exchange_apart() -> None:
     ticks = [tick(0, "BTCUSDT", Exchange.BINANCE), tick(1, "BTCUSDT", Exchange.OKX), tick(2, "BTCUSDT")]
 
-    logs = await monitor_logs(PriceMonitor(interval=3600), ticks)
+    logs = await read_to_end(PriceMonitor(interval=3600), ticks)
 
     assert [(entry["exchange"], entry["price"]) for entry in logs] == [
         (Exchange.BINANCE, "58001.00"),
@@ -420,7 +405,7 @@ async def test_price_monitor_throttles_each_exchange_apart() -> None:
 
 
 async def test_price_monitor_with_zero_interval_logs_every_tick() -> None:
-    logs = await monitor_logs(PriceMonitor(interval=0), alternating(5))
+    logs = await read_to_end(PriceMonitor(interval=0), alternating(5))
 
     assert [entry["price"] for entry in logs] == [f"{58001 + seq}.00" for seq in range(5)]
 
@@ -444,7 +429,7 @@ async def test_price_monitor_logs_again_once_the_interval_has_passed() -> None:
 
 
 async def test_price_monitor_warns_when_it_lags_and_goes_on() -> None:
-    logs = await monitor_logs(PriceMonitor(interval=3600), [tick(seq) for seq in range(5)], capacity=2)
+    logs = await read_to_end(PriceMonitor(interval=3600), [tick(seq) for seq in range(5)], capacity=2)
 
     assert logs == [
         {"event": "consumer.lagged", "log_level": "warning", "consumer": "price_monitor", "missed": 3},

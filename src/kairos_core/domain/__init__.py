@@ -13,7 +13,15 @@ from kairos_core.domain.errors import (
     RejectReason,
 )
 from kairos_core.domain.model import Exchange, MarketTick, Side, TickSource
-from kairos_core.domain.ports import MarketFeedPort, TickRepository, TickSink
+from kairos_core.domain.ports import (
+    MarketFeedPort,
+    OrderExecutionPort,
+    PositionBook,
+    Strategy,
+    TickRepository,
+    TickSink,
+)
+from kairos_core.domain.trading import Fill, OrderIntent, OrderType, Position, RiskDecision, RiskRejection
 
 __all__ = [
     "BusClosed",
@@ -23,13 +31,22 @@ __all__ = [
     "FeedDisconnected",
     "FeedError",
     "FeedRefused",
+    "Fill",
     "FrameRejected",
     "KairosError",
     "Lagged",
     "MarketFeedPort",
     "MarketTick",
+    "OrderExecutionPort",
+    "OrderIntent",
+    "OrderType",
+    "Position",
+    "PositionBook",
     "RejectReason",
+    "RiskDecision",
+    "RiskRejection",
     "Side",
+    "Strategy",
     "TickRepository",
     "TickSink",
     "TickSource",

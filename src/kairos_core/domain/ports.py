@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Protocol
 
 from kairos_core.domain.model import Exchange, MarketTick
+from kairos_core.domain.trading import Fill, OrderIntent, Position
 
 
 class TickSink(Protocol):
@@ -56,4 +57,41 @@ class TickRepository(Protocol):
         self, exchange: Exchange, symbol: str, start: datetime, end: datetime
     ) -> list[MarketTick]:
         """A symbol's stored ticks with ``start <= trade time < end``, in trade-id order."""
+        ...
+
+
+class Strategy(Protocol):
+    """Turns market ticks into order intents; it decides, risk and execution do the rest.
+
+    Called with every live tick of every symbol, in bus order. Must be deterministic in the
+    ticks it was given (no clock, no randomness), so a tick sequence replays to the same intents.
+    """
+
+    name: str
+    """Shown in the logs of every intent the strategy makes."""
+
+    def on_market_tick(self, tick: MarketTick) -> OrderIntent | None: ...
+
+
+class PositionBook(Protocol):
+    """Where risk reads the positions it limits."""
+
+    def position(self, exchange: Exchange, symbol: str) -> Position:
+        """The symbol's position; a flat one if it never traded."""
+        ...
+
+
+class OrderExecutionPort(PositionBook, Protocol):
+    """Where approved intents are executed. Never called with an intent risk did not approve."""
+
+    def on_market_tick(self, tick: MarketTick) -> None:
+        """Every live tick, so market orders can be priced and positions marked."""
+        ...
+
+    async def submit(self, intent: OrderIntent) -> Fill | None:
+        """Execute ``intent`` now in full, or not at all (None): nothing rests on a book."""
+        ...
+
+    def positions(self) -> Sequence[Position]:
+        """Every symbol that ever traded, flat ones included."""
         ...
