@@ -1,30 +1,38 @@
 """``python -m kairos_core`` / ``kairos``: parse, configure, run; map failures to exit codes.
 
-Exit codes: 0 clean stop, 2 bad configuration (what to fix is printed), 3 the exchange refuses us.
+Exit codes: 0 clean stop, 2 bad configuration (what to fix is printed), 3 the exchange refuses us,
+4 the database is unreachable at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import signal
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from pydantic import ValidationError
 
 from kairos_core.bootstrap.cli import parse_arguments, setting_flags
-from kairos_core.bootstrap.compose import build_service
+from kairos_core.bootstrap.config_report import render_config
+from kairos_core.bootstrap.container import Container, warn_about_settings_not_in_effect
+from kairos_core.bootstrap.database import DatabaseUnavailable, migrate_only
 from kairos_core.bootstrap.logging import configure_logging
 from kairos_core.domain import ConfigurationError, FeedRefused
 from kairos_core.settings import Settings
 from kairos_core.simulator.benchmark import BenchmarkServer
 from kairos_core.simulator.binance import BinanceSimulator
 
+_T = TypeVar("_T")
+
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3
+EXIT_DATABASE = 4
 
 log = structlog.get_logger("kairos_core")
 
@@ -40,25 +48,44 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(EXIT_CONFIG, str(e))
     configure_logging(settings.log_format, settings.log_level)
     try:
-        if run.get("command") == "simulate":
+        command = run.get("command")
+        if command == "simulate":
             asyncio.run(_simulate(settings, run))
+        elif command == "migrate":
+            asyncio.run(migrate_only(settings.database))
+        elif command == "config":
+            print(render_config(settings), end="")
         else:
             asyncio.run(_serve(settings, run))
     except ConfigurationError as e:
         return _fail(EXIT_CONFIG, str(e))
     except FeedRefused as e:
         return _fail(EXIT_REFUSED, str(e))
+    except DatabaseUnavailable as e:
+        return _fail(EXIT_DATABASE, str(e))
     except KeyboardInterrupt:
         pass
     return 0
 
 
 async def _serve(settings: Settings, run: dict[str, Any]) -> None:
-    service = build_service(settings, max_ticks=run.get("max_ticks"), duration=run.get("duration"))
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, service.request_stop, signal.Signals(signum).name)
-    await service.run()
+    warn_about_settings_not_in_effect(settings)
+    container = Container(settings=settings, max_ticks=run.get("max_ticks"), duration=run.get("duration"))
+    try:
+        service = await _resolved(container.service())
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, service.request_stop, signal.Signals(signum).name)
+        await service.run()
+    finally:
+        await _resolved(container.shutdown_resources())
+
+
+async def _resolved(value: _T | Awaitable[_T]) -> _T:
+    """The container hands out awaitables for anything built on an async resource."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
 
 
 async def _simulate(settings: Settings, run: dict[str, Any]) -> None:

@@ -7,12 +7,13 @@ Every field's environment name is ``KAIROS_`` + its upper-cased name.
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -22,7 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from kairos_core.domain import Exchange
+from kairos_core.domain import Exchange, OrderType
 
 DEFAULT_BINANCE_WS_URL = "wss://stream.binance.com:9443/stream"
 DEFAULT_BINANCE_REST_URL = "https://api.binance.com"
@@ -33,6 +34,12 @@ DEFAULT_OKX_REST_URL = "https://www.okx.com"
 class LogFormat(StrEnum):
     JSON = "json"
     CONSOLE = "console"
+
+
+class StrategyName(StrEnum):
+    MA_CROSSOVER = "ma_crossover"
+    BREAKOUT = "breakout"
+    NONE = "none"
 
 
 class LogLevel(StrEnum):
@@ -77,7 +84,63 @@ class Settings(BaseSettings):
     okx_ws_url: str = DEFAULT_OKX_WS_URL
     okx_rest_url: str = DEFAULT_OKX_REST_URL
     database_url: str | None = None
+    """None: an embedded PostgreSQL with its data in ``data_dir / "pg"``."""
     data_dir: Path = Field(default_factory=default_data_dir)
+    migrate: bool = True
+    """Upgrade the database schema to the newest revision on start."""
+    persist_batch_size: int = Field(default=1_000, ge=1, le=100_000)
+    persist_flush_interval: float = Field(default=0.1, gt=0, le=60)
+    """Seconds a received tick may wait for its batch to fill before it is written anyway."""
+    persist_buffer_limit: int = Field(default=1_000_000, ge=1)
+    """Ticks held while the database is slow or down; past it the feeds pause (never drop)."""
+    bus_capacity: int = Field(
+        default=1_000,
+        ge=1,
+        le=10_000_000,
+        description="ticks a subscriber may fall behind before it loses the oldest",
+    )
+    price_summary_interval: float = Field(
+        default=60.0, gt=0, description="seconds between per-symbol price summaries"
+    )
+    strategy_name: StrategyName = Field(
+        default=StrategyName.MA_CROSSOVER, description="the example strategy to run"
+    )
+    strategy_fast_window: int = Field(default=10, ge=1, description="ticks in the fast moving average")
+    strategy_slow_window: int = Field(default=30, ge=2, description="ticks in the slow moving average")
+    strategy_breakout_window: int = Field(
+        default=50, ge=2, description="ticks in the breakout's rolling window"
+    )
+    strategy_quantity: Decimal = Field(
+        default=Decimal("0.001"), gt=0, description="order size, in the base asset"
+    )
+    strategy_order_type: OrderType = Field(default=OrderType.MARKET, description="order type")
+    strategy_limit_offset_bps: Decimal = Field(
+        default=Decimal(0), ge=0, lt=10_000, description="limit orders: basis points past the signal's price"
+    )
+    risk_max_order_notional: Decimal = Field(
+        default=Decimal(10_000), gt=0, description="largest order value, in the quote asset"
+    )
+    risk_max_position: Decimal = Field(
+        default=Decimal(1), gt=0, description="largest net position per symbol, in the base asset"
+    )
+    risk_price_band_pct: Decimal = Field(
+        default=Decimal(5), gt=0, description="limit price at most this % from the last trade"
+    )
+    risk_stale_after: float = Field(
+        default=5.0, gt=0, description="reject when a symbol has had no tick for this many seconds"
+    )
+    risk_breaker_move_pct: Decimal = Field(
+        default=Decimal(10), gt=0, description="halt a symbol after a move over this % within the window"
+    )
+    risk_breaker_window: float = Field(
+        default=60.0, gt=0, description="circuit-breaker window, seconds of trade time"
+    )
+    risk_breaker_cooldown: float = Field(
+        default=300.0, gt=0, description="seconds a halted symbol stays halted after its last big move"
+    )
+    risk_volatility_window: int = Field(
+        default=100, ge=2, description="log returns in the rolling volatility"
+    )
     nats_url: str | None = None
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
@@ -93,6 +156,56 @@ class Settings(BaseSettings):
     @classmethod
     def _distinct(cls, exchanges: tuple[Exchange, ...]) -> tuple[Exchange, ...]:
         return tuple(dict.fromkeys(exchanges))
+
+    @property
+    def feeds(self) -> FeedSettings:
+        return FeedSettings.of(self)
+
+    @property
+    def database(self) -> DatabaseSettings:
+        return DatabaseSettings.of(self)
+
+    @property
+    def bus(self) -> BusSettings:
+        return BusSettings.of(self)
+
+    @property
+    def strategy(self) -> StrategySettings:
+        return StrategySettings.of(self)
+
+    @property
+    def risk(self) -> RiskSettings:
+        return RiskSettings.of(self)
+
+    @property
+    def metrics(self) -> MetricsSettings:
+        return MetricsSettings.of(self)
+
+    @property
+    def nats(self) -> NatsSettings:
+        return NatsSettings.of(self)
+
+    @property
+    def logging(self) -> LoggingSettings:
+        return LoggingSettings.of(self)
+
+    @model_validator(mode="after")
+    def _fast_window_below_slow(self) -> Settings:
+        if self.strategy_fast_window >= self.strategy_slow_window:
+            raise ValueError(
+                f"strategy_fast_window ({self.strategy_fast_window}) must be below "
+                f"strategy_slow_window ({self.strategy_slow_window})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _buffer_holds_a_batch(self) -> Settings:
+        if self.persist_buffer_limit < self.persist_batch_size:
+            raise ValueError(
+                f"persist_buffer_limit ({self.persist_buffer_limit}) must be at least "
+                f"persist_batch_size ({self.persist_batch_size})"
+            )
+        return self
 
     @field_validator("binance_ws_url", "okx_ws_url", mode="after")
     @classmethod
@@ -169,3 +282,96 @@ def _config_file(*sources: PydanticBaseSettingsSource) -> Path | None:
                 )
             return path
     return None
+
+
+class _Concern(BaseModel):
+    """The settings of one concern, read from ``Settings`` by their flat names (the aliases).
+
+    ``Settings`` stays flat, because the flat names are the contract of every source (flags,
+    ``KAIROS_*``, ``.env``, the TOML file) and it alone validates them; each part of the service
+    is handed only its concern's model.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    @classmethod
+    def of(cls, settings: Settings) -> Self:
+        return cls.model_validate({name: getattr(settings, name) for name in cls.flat_names()})
+
+    @classmethod
+    def flat_names(cls) -> list[str]:
+        return [
+            field.validation_alias if isinstance(field.validation_alias, str) else name
+            for name, field in cls.model_fields.items()
+        ]
+
+
+class FeedSettings(_Concern):
+    exchanges: tuple[Exchange, ...]
+    symbols: tuple[str, ...]
+    binance_ws_url: str
+    binance_rest_url: str
+    okx_ws_url: str
+    okx_rest_url: str
+
+
+class DatabaseSettings(_Concern):
+    url: str | None = Field(validation_alias="database_url")
+    data_dir: Path
+    migrate: bool
+    batch_size: int = Field(validation_alias="persist_batch_size")
+    flush_interval: float = Field(validation_alias="persist_flush_interval")
+    buffer_limit: int = Field(validation_alias="persist_buffer_limit")
+
+
+class BusSettings(_Concern):
+    capacity: int = Field(validation_alias="bus_capacity")
+    price_summary_interval: float
+
+
+class StrategySettings(_Concern):
+    name: StrategyName = Field(validation_alias="strategy_name")
+    fast_window: int = Field(validation_alias="strategy_fast_window")
+    slow_window: int = Field(validation_alias="strategy_slow_window")
+    breakout_window: int = Field(validation_alias="strategy_breakout_window")
+    quantity: Decimal = Field(validation_alias="strategy_quantity")
+    order_type: OrderType = Field(validation_alias="strategy_order_type")
+    limit_offset_bps: Decimal = Field(validation_alias="strategy_limit_offset_bps")
+
+
+class RiskSettings(_Concern):
+    max_order_notional: Decimal = Field(validation_alias="risk_max_order_notional")
+    max_position: Decimal = Field(validation_alias="risk_max_position")
+    price_band_pct: Decimal = Field(validation_alias="risk_price_band_pct")
+    stale_after: float = Field(validation_alias="risk_stale_after")
+    breaker_move_pct: Decimal = Field(validation_alias="risk_breaker_move_pct")
+    breaker_window: float = Field(validation_alias="risk_breaker_window")
+    breaker_cooldown: float = Field(validation_alias="risk_breaker_cooldown")
+    volatility_window: int = Field(validation_alias="risk_volatility_window")
+
+
+class MetricsSettings(_Concern):
+    port: int | None = Field(validation_alias="metrics_port")
+    host: str = Field(validation_alias="metrics_host")
+
+
+class NatsSettings(_Concern):
+    url: str | None = Field(validation_alias="nats_url")
+
+
+class LoggingSettings(_Concern):
+    format: LogFormat | None = Field(validation_alias="log_format")
+    level: LogLevel = Field(validation_alias="log_level")
+
+
+CONCERNS: dict[str, type[_Concern]] = {
+    "feeds": FeedSettings,
+    "database": DatabaseSettings,
+    "bus": BusSettings,
+    "strategy": StrategySettings,
+    "risk": RiskSettings,
+    "metrics": MetricsSettings,
+    "nats": NatsSettings,
+    "logging": LoggingSettings,
+}
+"""Every concern's model, in the order ``python -m kairos_core config`` prints them."""

@@ -2,75 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
-import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.e2e.conftest import Kairos, free_port, json_lines, wait_for_port
 
 
-def wait_for_port(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def kairos(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kairos_core", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def simulator_port() -> Iterator[int]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kairos_core",
-            "simulate",
-            "--port",
-            str(port),
-            "--rate",
-            "500",
-            "--seed",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def json_lines(stderr: str) -> list[dict[str, object]]:
-    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-
-
-def test_max_ticks_stops_cleanly_and_the_summary_reports_exactly_n(simulator_port: int) -> None:
+def test_max_ticks_stops_cleanly_and_the_summary_reports_exactly_n(
+    simulator_port: int, kairos: Kairos
+) -> None:
     result = kairos(
         "--binance-url",
         f"ws://127.0.0.1:{simulator_port}/stream",
@@ -88,7 +29,7 @@ def test_max_ticks_stops_cleanly_and_the_summary_reports_exactly_n(simulator_por
     assert any(e["event"] == "price.update" for e in events)
 
 
-def test_duration_stops_cleanly(simulator_port: int) -> None:
+def test_duration_stops_cleanly(simulator_port: int, kairos: Kairos) -> None:
     started = time.monotonic()
     result = kairos(
         "--binance-url",
@@ -106,7 +47,7 @@ def test_duration_stops_cleanly(simulator_port: int) -> None:
     assert summary["ticks_total"] > 0
 
 
-def test_sigterm_stops_cleanly(simulator_port: int) -> None:
+def test_sigterm_stops_cleanly(simulator_port: int, kairos: Kairos) -> None:
     with subprocess.Popen(
         [
             sys.executable,
@@ -119,6 +60,7 @@ def test_sigterm_stops_cleanly(simulator_port: int) -> None:
         ],
         stderr=subprocess.PIPE,
         text=True,
+        env=kairos.env,
     ) as process:
         assert process.stderr is not None
         for line in process.stderr:
@@ -131,7 +73,7 @@ def test_sigterm_stops_cleanly(simulator_port: int) -> None:
     assert summary["reason"] == "SIGTERM"
 
 
-def test_an_unknown_symbol_exits_2_naming_it(simulator_port: int) -> None:
+def test_an_unknown_symbol_exits_2_naming_it(simulator_port: int, kairos: Kairos) -> None:
     result = kairos(
         "--symbols",
         "btcusdt,nosuchcoin",
@@ -144,7 +86,7 @@ def test_an_unknown_symbol_exits_2_naming_it(simulator_port: int) -> None:
     assert "'nosuchcoin' is not listed" in result.stderr.splitlines()[-1]
 
 
-def test_a_restricted_location_exits_3() -> None:
+def test_a_restricted_location_exits_3(kairos: Kairos) -> None:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-c", _REFUSING_SERVER, str(port)],

@@ -47,6 +47,9 @@ CONTRACT = [
         "postgresql://kairos@db/kairos",
     ),
     ("--data-dir", "KAIROS_DATA_DIR", "data_dir", "/srv/kairos", Path("/srv/kairos")),
+    ("--persist-batch-size", "KAIROS_PERSIST_BATCH_SIZE", "persist_batch_size", "250", 250),
+    ("--persist-flush-interval", "KAIROS_PERSIST_FLUSH_INTERVAL", "persist_flush_interval", "0.5", 0.5),
+    ("--persist-buffer-limit", "KAIROS_PERSIST_BUFFER_LIMIT", "persist_buffer_limit", "5000", 5000),
     ("--nats-url", "KAIROS_NATS_URL", "nats_url", "nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
     ("--metrics-port", "KAIROS_METRICS_PORT", "metrics_port", "9100", 9100),
     ("--metrics-host", "KAIROS_METRICS_HOST", "metrics_host", "0.0.0.0", "0.0.0.0"),
@@ -54,8 +57,8 @@ CONTRACT = [
     ("--log-level", "KAIROS_LOG_LEVEL", "log_level", "debug", LogLevel.DEBUG),
 ]
 CONTRACT_IDS = [row[0] for row in CONTRACT]
-EVERY_FLAG = [row[0] for row in CONTRACT] + ["--config", "--duration", "--max-ticks"]
-EVERY_ENV = [row[1] for row in CONTRACT] + ["KAIROS_CONFIG"]
+EVERY_FLAG = [row[0] for row in CONTRACT] + ["--config", "--duration", "--max-ticks", "--no-migrate"]
+EVERY_ENV = [row[1] for row in CONTRACT] + ["KAIROS_CONFIG", "KAIROS_MIGRATE"]
 
 
 @pytest.fixture(autouse=True)
@@ -518,11 +521,37 @@ def test_simulate_help_lists_the_run_options(capsys: pytest.CaptureFixture[str])
 def test_settings_whose_feature_is_not_built_yet_are_reported() -> None:
     from structlog.testing import capture_logs
 
-    from kairos_core.bootstrap.compose import warn_about_settings_not_in_effect
+    from kairos_core.bootstrap.container import warn_about_settings_not_in_effect
 
     with capture_logs() as logs:
         warn_about_settings_not_in_effect(Settings(database_url="postgresql://x/y", metrics_port=9100))
     assert {(entry["event"], entry["setting"]) for entry in logs} == {
-        ("setting.not_in_effect", "database_url"),
-        ("setting.not_in_effect", "metrics_port"),
+        ("setting.not_in_effect", "metrics_port")
     }
+
+
+def test_no_migrate_and_its_environment_variable_turn_the_upgrade_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert settings_from([]).migrate is True
+    assert settings_from(["--no-migrate"]).migrate is False
+    monkeypatch.setenv("KAIROS_MIGRATE", "false")
+    assert settings_from([]).migrate is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--database-url", "mysql://root:hunter2@db/x"], "speaks PostgreSQL only"),
+        (["--persist-batch-size", "500", "--persist-buffer-limit", "100"], "must be at least"),
+    ],
+)
+def test_bad_persistence_settings_exit_2_with_the_fix_and_no_password(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kairos_core.__main__ import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err
+    assert "hunter2" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -13,8 +14,12 @@ from kairos_core.settings import (
     DEFAULT_BINANCE_WS_URL,
     DEFAULT_OKX_REST_URL,
     DEFAULT_OKX_WS_URL,
+    BusSettings,
     LogFormat,
     LogLevel,
+    RiskSettings,
+    Settings,
+    StrategySettings,
 )
 
 # Run options that are not settings: they shape one run, not the service's configuration.
@@ -104,6 +109,31 @@ def _run_options() -> OneLineParser:
         metavar="DIR",
         help="[KAIROS_DATA_DIR; per-user data dir, /var/lib/kairos as root]",
     )
+    add(
+        "--no-migrate",
+        dest="migrate",
+        action="store_false",
+        help="do not upgrade the database schema on start [KAIROS_MIGRATE=false]",
+    )
+    add(
+        "--persist-batch-size",
+        type=_positive_int,
+        metavar="N",
+        help="ticks per database write [KAIROS_PERSIST_BATCH_SIZE; default 1000]",
+    )
+    add(
+        "--persist-flush-interval",
+        type=_positive("seconds"),
+        metavar="SECONDS",
+        help="longest wait before a part batch is written [KAIROS_PERSIST_FLUSH_INTERVAL; default 0.1]",
+    )
+    add(
+        "--persist-buffer-limit",
+        type=_positive_int,
+        metavar="N",
+        help="ticks held while the database is down before the feeds pause "
+        "[KAIROS_PERSIST_BUFFER_LIMIT; default 1000000]",
+    )
     add("--nats-url", metavar="URL", help="[KAIROS_NATS_URL; default none]")
     add("--metrics-port", type=int, metavar="PORT", help="[KAIROS_METRICS_PORT; default off]")
     add("--metrics-host", metavar="HOST", help="[KAIROS_METRICS_HOST; default 127.0.0.1]")
@@ -121,7 +151,30 @@ def _run_options() -> OneLineParser:
         help="stop cleanly after this many seconds",
     )
     add("--max-ticks", type=_positive_int, metavar="N", help="stop cleanly after exactly N ticks received")
+    _add_trading_options(options)
     return options
+
+
+def _add_trading_options(options: OneLineParser) -> None:
+    """One flag per bus, strategy and risk setting, named after it; pydantic validates the value."""
+    group = options.add_argument_group("bus, strategy and risk (values are checked as settings)")
+    defaults = Settings.model_fields
+    for concern in (BusSettings, StrategySettings, RiskSettings):
+        for name in concern.flat_names():
+            field = defaults[name]
+            shown = field.default.value if isinstance(field.default, StrEnum) else field.default
+            choices = (
+                f" ({', '.join(kind.value for kind in type(field.default))})"
+                if isinstance(field.default, StrEnum)
+                else ""
+            )
+            group.add_argument(
+                f"--{name.replace('_', '-')}",
+                metavar="VALUE",
+                help=f"{field.description}{choices} [KAIROS_{name.upper()}; default {shown}]".replace(
+                    "%", "%%"
+                ),
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +191,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COMMAND",
         parser_class=OneLineParser,
         title="commands (optional; without one, the service runs)",
+    )
+    commands.add_parser(
+        "migrate",
+        parents=[run_options],
+        help="upgrade the database schema to the newest revision, then exit",
+        description=(
+            "Upgrades --database-url (or the embedded database in --data-dir) to the newest schema "
+            "revision; safe to run while other processes do the same."
+        ),
+        argument_default=argparse.SUPPRESS,
+    )
+    commands.add_parser(
+        "config",
+        parents=[run_options],
+        help="print the effective settings (a valid --config file, secrets masked), then exit",
+        description="Every setting after all sources apply, grouped by concern; unset ones as comments.",
+        argument_default=argparse.SUPPRESS,
     )
     simulate = commands.add_parser(
         "simulate",

@@ -1,0 +1,104 @@
+"""The database's lifecycle for a run: which server, the schema upgrade, the engine, and the end.
+
+With no ``database_url`` an embedded PostgreSQL is started in ``data_dir`` and stopped at the end
+(unless another kairos process still uses it). Start-up waits a little for a database that is
+still coming up, then fails with one line that names the (masked) URL and what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import structlog
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kairos_core.adapters.outbound.postgres import create_engine, masked, upgrade_to_head
+from kairos_core.adapters.outbound.postgres.embedded import EmbeddedPostgres
+from kairos_core.domain import ConfigurationError, KairosError
+from kairos_core.settings import DatabaseSettings
+
+log = structlog.get_logger(__name__)
+
+CONNECT_ATTEMPTS = 5
+CONNECT_FIRST_DELAY = 0.25
+
+
+class DatabaseUnavailable(KairosError):
+    """The database could not be reached at start-up, after retries."""
+
+
+async def database_url(database: DatabaseSettings) -> AsyncGenerator[str]:
+    """The configured URL, or an embedded server's for as long as the generator is open."""
+    if database.url is not None:
+        yield database.url
+        return
+    embedded = EmbeddedPostgres(database.data_dir)
+    try:
+        url = await asyncio.to_thread(embedded.start)
+    except OSError as e:
+        raise ConfigurationError(
+            f"the embedded PostgreSQL cannot use data dir {str(database.data_dir)!r} ({e}): set "
+            "--data-dir / KAIROS_DATA_DIR to a writable directory, or give --database-url"
+        ) from e
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(embedded.stop)
+
+
+async def database_engine(url: str, *, migrate: bool) -> AsyncIterator[AsyncEngine]:
+    """An engine on a reachable database, its schema upgraded first when ``migrate``."""
+    if migrate:
+        await _with_retries(url, lambda: upgrade_to_head(url))
+    engine = create_engine(url)
+    try:
+        await _with_retries(url, lambda: _ping(engine))
+        log.info("database.ready", database=masked(url), migrated=migrate)
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def migrate_only(database: DatabaseSettings) -> None:
+    """``python -m kairos_core migrate``."""
+    urls = database_url(database)
+    url = await anext(urls)
+    try:
+        await _with_retries(url, lambda: upgrade_to_head(url))
+        log.info("database.migrated", database=masked(url))
+    finally:
+        await urls.aclose()
+
+
+async def _ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+async def _with_retries(url: str, step: Callable[[], Awaitable[object]]) -> None:
+    """Run ``step``, retrying a few times with backoff while the database is unreachable."""
+    delay = CONNECT_FIRST_DELAY
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            await step()
+        except (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            reason = f"{type(e).__name__}: {_first_line(e)}"
+            if attempt == CONNECT_ATTEMPTS:
+                raise DatabaseUnavailable(
+                    f"database {masked(url)} is unreachable after {attempt} attempts ({reason}): "
+                    "start it, or fix --database-url / KAIROS_DATABASE_URL"
+                ) from e
+            log.warning("database.unreachable", database=masked(url), attempt=attempt, error=reason)
+            await asyncio.sleep(delay)
+            delay *= 2
+        else:
+            return
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "no detail"
