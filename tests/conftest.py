@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,11 @@ pytest_plugins = ["tests.database"]
 
 @pytest.fixture(autouse=True)
 def fresh_structlog() -> Iterator[None]:
-    """main() configures structlog and caches loggers on first use: every test starts and ends
-    from structlog's defaults, so no test's logging decides where another's logs go."""
+    """main() configures structlog (and the root logger) and caches loggers on first use: every
+    test starts and ends from the defaults, so no test's logging decides where another's logs go."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+    root.handlers, root.level = handlers, level

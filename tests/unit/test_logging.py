@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -200,3 +201,16 @@ def test_console_line_appends_the_exception_below() -> None:
     )
 
     assert text == "2026-01-19T15:00:00.066Z ERROR x\nTrace"
+
+
+def test_standard_library_records_come_out_as_the_same_json_lines() -> None:
+    stream = io.StringIO()
+    configure_logging(LogFormat.JSON, LogLevel.INFO, stream)
+    logging.getLogger("alembic.runtime.migration").info("Running upgrade %s -> %s", "base", "0001")
+    logging.getLogger("some.library").debug("not shown at info")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 1
+    assert lines[0]["event"] == "Running upgrade base -> 0001"
+    assert lines[0]["logger"] == "alembic.runtime.migration"
+    assert lines[0]["level"] == "info"
+    assert lines[0]["timestamp"].endswith("Z")

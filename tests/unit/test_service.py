@@ -488,3 +488,61 @@ async def test_a_lossless_consumer_that_returns_early_does_not_hold_the_feed_bac
     summary = await service_task
 
     assert summary.total == 50
+
+
+class CrashingConsumer(Consumer):
+    """Raises on the tick numbers in ``crash_on`` (once each), keeping what it read on the object."""
+
+    def __init__(self, crash_on: set[int], *, lossless: bool = True, always: bool = False) -> None:
+        self.name = "crashy"
+        self.lossless = lossless
+        self.crash_on = set(crash_on)
+        self.always = always
+        self.trade_ids: list[int] = []
+        self.runs = 0
+
+    async def run(self, subscription: Subscription) -> None:
+        self.runs += 1
+        if self.always and subscription._bus.closed:  # a bug that survives every restart
+            raise RuntimeError("still broken")
+        async for received in subscription:
+            if received.trade_id in self.crash_on:
+                self.crash_on.discard(received.trade_id)
+                raise RuntimeError(f"bug on tick {received.trade_id}")
+            self.trade_ids.append(received.trade_id)
+
+
+async def test_a_crashing_consumer_is_logged_and_restarted_and_the_others_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("kairos_core.application.service.CONSUMER_RESTART_INITIAL", 0.001)
+    crashy = CrashingConsumer({3, 7})
+    steady = RecordingConsumer("steady", lossless=True)
+    service, feed, _, _ = make_service(alternating(20), [crashy, steady], max_ticks=20)
+
+    with capture_logs() as logs:
+        summary = await run_guarded(service)
+
+    assert summary.total == 20
+    assert steady.trade_ids == list(range(20))
+    # The tick a consumer crashed on is the one it was handling; it goes on from the next.
+    assert crashy.trade_ids == [n for n in range(20) if n not in (3, 7)]
+    assert crashy.runs == 3
+    crashes = [entry for entry in logs if entry["event"] == "consumer.crashed"]
+    assert [entry["consumer"] for entry in crashes] == ["crashy", "crashy"]
+    assert all(entry["exc_info"] for entry in crashes)
+    assert feed.stop_calls == 1
+
+
+async def test_a_consumer_that_keeps_crashing_after_close_does_not_hold_the_shutdown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("kairos_core.application.service.CONSUMER_RESTART_INITIAL", 0.001)
+    crashy = CrashingConsumer({4}, always=True)
+    service, _, _, _ = make_service(alternating(10), [crashy], max_ticks=10)
+
+    with capture_logs() as logs:
+        summary = await run_guarded(service)
+
+    assert summary.total == 10
+    assert "consumer.abandoned" in [entry["event"] for entry in logs]

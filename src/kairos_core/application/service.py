@@ -7,6 +7,7 @@ what is left and returns. Nothing a feed handed to the bus is dropped on the way
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,12 @@ from kairos_core.application.tick_counter import TickCounter
 from kairos_core.domain import KairosError, MarketFeedPort
 
 log = structlog.get_logger(__name__)
+
+CONSUMER_RESTART_INITIAL = 0.1
+CONSUMER_RESTART_MAX = 10.0
+"""Seconds; a consumer that ran this long before crashing starts again from the initial delay."""
+CONSUMER_RESTARTS_AFTER_CLOSE = 3
+"""Once the bus is closed, a consumer that keeps crashing would hold the shutdown forever."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,9 +134,32 @@ class MarketDataService:
             self.request_stop(f"{feed.exchange} feed ended")
 
     async def _run_consumer(self, consumer: Consumer, subscription: Subscription) -> None:
-        """A consumer that returns early must not hold the feeds back: its subscription goes too."""
+        """Run ``consumer``, restarting it on its own subscription after a crash.
+
+        A crash is a bug in that consumer: it is logged with its traceback and the consumer runs
+        again after a backoff, so the feeds and the other consumers go on. Its state lives on the
+        consumer object, so a restart resumes where it stopped. A consumer that returns early
+        must not hold the feeds back: its subscription goes too.
+        """
+        delay = CONSUMER_RESTART_INITIAL
+        crashes_after_close = 0
         try:
-            await consumer.run(subscription)
+            while True:
+                started = time.monotonic()
+                try:
+                    await consumer.run(subscription)
+                    return
+                except Exception:
+                    if self._bus.closed:
+                        crashes_after_close += 1
+                        if crashes_after_close > CONSUMER_RESTARTS_AFTER_CLOSE:
+                            log.exception("consumer.abandoned", consumer=consumer.name)
+                            return
+                    if time.monotonic() - started > CONSUMER_RESTART_MAX:
+                        delay = CONSUMER_RESTART_INITIAL
+                    log.exception("consumer.crashed", consumer=consumer.name, restart_in=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, CONSUMER_RESTART_MAX)
         finally:
             self._consumer_stats[consumer.name] = subscription.stats()
             subscription.close()

@@ -23,24 +23,40 @@ def choose_format(requested: LogFormat | None, stream: TextIO) -> LogFormat:
 
 
 def configure_logging(log_format: LogFormat | None, level: LogLevel, stream: TextIO | None = None) -> None:
+    """structlog for our events, and the standard library's records (asyncio, alembic, aiohttp, the
+    embedded server's manager) rendered by the same processors into the same stream."""
     out = stream if stream is not None else sys.stderr
     chosen = choose_format(log_format, out)
     renderer: Any = (
         structlog.processors.JSONRenderer() if chosen is LogFormat.JSON else ConsoleLine(colours=out.isatty())
     )
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="%Y-%m-%dT%H:%M:%S.%fZ", utc=True),
+        _milliseconds,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="%Y-%m-%dT%H:%M:%S.%fZ", utc=True),
-            _milliseconds,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(numeric_level)
 
 
 def _milliseconds(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
