@@ -132,14 +132,17 @@ def _readable(replay: Path | None) -> Path | None:
 
 
 def _describe(error: Any, flags: dict[str, str]) -> str:
-    field = str(error["loc"][0]) if error["loc"] else "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:  # a rule across settings: its message names them
+        return message
+    field = str(error["loc"][0])
     if error["type"] == "extra_forbidden":
         return (
             f"unknown setting {field!r} (from --config, .env or KAIROS_*): "
             "remove it or fix its spelling (see --help)"
         )
     names = " / ".join(filter(None, (flags.get(field), f"KAIROS_{field.upper()}")))
-    return f"{field} ({names}): {error['msg']}"
+    return f"{field} ({names}): {message}"
 
 
 def _fail(code: int, message: str) -> int:

@@ -190,6 +190,11 @@ class Settings(BaseSettings):
         return LoggingSettings.of(self)
 
     @model_validator(mode="after")
+    def _symbols_name_their_exchange(self) -> Settings:
+        FeedSettings.of(self).symbols_by_exchange()  # raises ValueError with the fix
+        return self
+
+    @model_validator(mode="after")
     def _fast_window_below_slow(self) -> Settings:
         if self.strategy_fast_window >= self.strategy_slow_window:
             raise ValueError(
@@ -309,10 +314,38 @@ class _Concern(BaseModel):
 class FeedSettings(_Concern):
     exchanges: tuple[Exchange, ...]
     symbols: tuple[str, ...]
+    """Each exchange's own form; with several exchanges every entry is ``exchange:symbol``."""
     binance_ws_url: str
     binance_rest_url: str
     okx_ws_url: str
     okx_rest_url: str
+
+    def symbols_by_exchange(self) -> dict[Exchange, tuple[str, ...]]:
+        """The symbols of each exchange; ``ValueError`` says how to write a symbol list that cannot work."""
+        several = len(self.exchanges) > 1
+        example = "--symbols binance:btcusdt,okx:BTC-USDT"
+        chosen: dict[Exchange, list[str]] = {exchange: [] for exchange in self.exchanges}
+        for entry in self.symbols:
+            prefix, colon, symbol = entry.partition(":")
+            if not colon:
+                if several:
+                    raise ValueError(
+                        f"symbol {entry!r} names no exchange: with several exchanges write every "
+                        f"symbol as exchange:symbol, e.g. {example}"
+                    )
+                chosen[self.exchanges[0]].append(entry)
+                continue
+            exchange = next((e for e in self.exchanges if e.value == prefix.lower()), None)
+            if exchange is None or not symbol:
+                raise ValueError(
+                    f"symbol {entry!r} names an exchange that is not streamed ({prefix!r}) or no symbol: "
+                    f"use one of {', '.join(e.value for e in self.exchanges)}, e.g. {example}"
+                )
+            chosen[exchange].append(symbol)
+        for exchange, symbols in chosen.items():
+            if not symbols:
+                raise ValueError(f"no symbols for {exchange.value}: add some, e.g. {example}")
+        return {exchange: tuple(symbols) for exchange, symbols in chosen.items()}
 
 
 class DatabaseSettings(_Concern):

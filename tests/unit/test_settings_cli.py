@@ -166,14 +166,52 @@ def test_every_setting_has_a_flag() -> None:
     assert setting_flags()["config"] == "--config"
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--symbols", "btcusdt,ethusdt"], {Exchange.BINANCE: ("btcusdt", "ethusdt")}),
+        (["--symbols", "binance:btcusdt"], {Exchange.BINANCE: ("btcusdt",)}),
+        (["--exchange", "okx", "--symbols", "BTC-USDT"], {Exchange.OKX: ("BTC-USDT",)}),
+        (
+            ["--exchange", "binance", "--exchange", "okx", "--symbols", "okx:BTC-USDT,binance:solusdt"],
+            {Exchange.BINANCE: ("solusdt",), Exchange.OKX: ("BTC-USDT",)},
+        ),
+    ],
+)
+def test_symbols_are_split_by_exchange(argv: list[str], expected: dict[Exchange, tuple[str, ...]]) -> None:
+    assert settings_from(argv).feeds.symbols_by_exchange() == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--exchange", "binance", "--exchange", "okx", "--symbols", "btcusdt"], "names no exchange"),
+        (
+            ["--exchange", "binance", "--exchange", "okx", "--symbols", "binance:btcusdt"],
+            "no symbols for okx",
+        ),
+        (["--symbols", "okx:BTC-USDT"], "not streamed"),
+    ],
+)
+def test_a_symbol_list_that_cannot_work_exits_2_with_the_fix(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    assert fragment in line
+    assert "binance:btcusdt,okx:BTC-USDT" in line
+
+
 def test_exchange_flag_is_repeatable_and_keeps_order_without_duplicates() -> None:
     argv = ["--exchange", "okx", "--exchange", "binance", "--exchange", "okx"]
+    argv += ["--symbols", "okx:BTC-USDT,binance:btcusdt"]
 
     assert settings_from(argv).exchanges == (Exchange.OKX, Exchange.BINANCE)
 
 
 def test_exchanges_environment_variable_is_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAIROS_EXCHANGES", "binance, okx")
+    monkeypatch.setenv("KAIROS_SYMBOLS", "binance:btcusdt,okx:ETH-USDT")
 
     assert settings_from([]).exchanges == (Exchange.BINANCE, Exchange.OKX)
 
