@@ -381,6 +381,7 @@ async def test_price_monitor_logs_the_first_tick_of_each_symbol_then_throttles()
             "symbol": "BTCUSDT",
             "price": "58001.00",
             "volume": "0.0220",
+            "trade_id": 0,
         },
         {
             "event": "price.update",
@@ -389,6 +390,7 @@ async def test_price_monitor_logs_the_first_tick_of_each_symbol_then_throttles()
             "symbol": "ETHUSDT",
             "price": "58003.00",
             "volume": "0.0220",
+            "trade_id": 2,
         },
     ]
 
@@ -440,6 +442,7 @@ async def test_price_monitor_warns_when_it_lags_and_goes_on() -> None:
             "symbol": "BTCUSDT",
             "price": "58004.00",
             "volume": "0.0220",
+            "trade_id": 3,
         },
     ]
 

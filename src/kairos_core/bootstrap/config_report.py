@@ -7,6 +7,7 @@ what an operator sees is what they can keep; an unset value is a comment, since 
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
@@ -14,7 +15,16 @@ from pathlib import Path
 from kairos_core.adapters.outbound.postgres import masked
 from kairos_core.settings import CONCERNS, Settings
 
-_SECRETS = {"database_url": masked}
+_USER_INFO = re.compile(r"//[^/?#]*@")
+
+
+def _without_user_info(urls: str) -> str:
+    """Every URL in ``urls`` (NATS takes a comma list) with its user info as ``***``: a NATS
+    server takes a token there, or a user and password."""
+    return _USER_INFO.sub("//***@", urls)
+
+
+_SECRETS = {"database_url": masked, "nats_url": _without_user_info}
 """Settings that may carry a secret, and how to show them without it."""
 
 
@@ -43,5 +53,7 @@ def _toml(value: object) -> str:
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
     if isinstance(value, StrEnum | Decimal | Path | str):
-        return json.dumps(str(value))
+        # JSON's escapes are TOML's, but for characters past U+FFFF (a surrogate pair in JSON,
+        # refused by TOML): keep those as they are; DEL is the one control JSON leaves bare.
+        return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007F")
     raise TypeError(f"no TOML form for {type(value).__name__}")

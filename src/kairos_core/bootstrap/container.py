@@ -53,7 +53,10 @@ def build_feeds(feeds: FeedSettings, sink: TickSink) -> list[MarketFeedPort]:
 def _feed(exchange: Exchange, feeds: FeedSettings, sink: TickSink) -> MarketFeedPort:
     if exchange is Exchange.BINANCE:
         return BinanceFeedHandler(
-            sink, feeds.symbols, url=feeds.binance_ws_url, rest_url=feeds.binance_rest_url
+            sink,
+            feeds.symbols_by_exchange()[exchange],
+            url=feeds.binance_ws_url,
+            rest_url=feeds.binance_rest_url,
         )
     raise ConfigurationError(f"exchange {exchange.value!r} has no feed adapter yet: use --exchange binance")
 
@@ -111,21 +114,18 @@ class Container(containers.DeclarativeContainer):
         PriceMonitor, summary_interval=settings.provided.price_summary_interval
     )
     broker = providers.Singleton(PaperBroker)
-    risk = providers.Singleton(RiskEngine, broker, providers.Singleton(risk_limits, settings.provided.risk))
+    limits = providers.Singleton(risk_limits, settings.provided.risk)
+    risk = providers.Singleton(RiskEngine, broker, limits)
     risk_engine = providers.Singleton(RiskEngineConsumer, risk, broker)
-    strategy_engine = providers.Singleton(
-        StrategyEngine, providers.Singleton(build_strategies, settings.provided.strategy), risk_engine
+    strategies = providers.Singleton(build_strategies, settings.provided.strategy)
+    strategy_engine = providers.Singleton(StrategyEngine, strategies, risk_engine)
+    persistence_policy = providers.Singleton(
+        PersistencePolicy,
+        batch_size=settings.provided.persist_batch_size,
+        flush_interval=settings.provided.persist_flush_interval,
+        buffer_limit=settings.provided.persist_buffer_limit,
     )
-    persistence = providers.Singleton(
-        PersistenceConsumer,
-        repository,
-        providers.Singleton(
-            PersistencePolicy,
-            batch_size=settings.provided.persist_batch_size,
-            flush_interval=settings.provided.persist_flush_interval,
-            buffer_limit=settings.provided.persist_buffer_limit,
-        ),
-    )
+    persistence = providers.Singleton(PersistenceConsumer, repository, persistence_policy)
     # The strategy engine before risk: on a burst, risk then rarely reads ahead of the strategy.
     consumers = providers.List(price_monitor, strategy_engine, risk_engine, persistence)
 

@@ -84,6 +84,7 @@ class ConsoleLine:
         exception = event.pop("exception", None)
         if name == "price.update" and {"symbol", "price", "volume"} <= event.keys():
             event.pop("exchange", None)
+            event.pop("trade_id", None)
             message = f"📊 {event.pop('symbol')} | ${event.pop('price')} | Vol: {event.pop('volume')}"
         else:
             message = name

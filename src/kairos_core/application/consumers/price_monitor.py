@@ -126,4 +126,5 @@ class PriceMonitor:
                 symbol=tick.symbol,
                 price=price_text(price),
                 volume=f"{tick.volume:.4f}",
+                trade_id=tick.trade_id,
             )
