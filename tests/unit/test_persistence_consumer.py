@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from kairos_core.application.bus import BroadcastBus
 from kairos_core.application.consumers.persistence import PersistenceConsumer, PersistencePolicy
-from kairos_core.domain import MarketTick
+from kairos_core.domain import MarketTick, TickSource
 from tests.fakes import InMemoryTickRepository
 from tests.strategies import numbered_tick
 
@@ -190,3 +190,18 @@ def test_whatever_the_sizes_and_failures_every_tick_is_stored_exactly_once(
 def test_a_policy_that_cannot_work_is_refused(field: str, value: float) -> None:
     with pytest.raises(ValueError, match="persistence"):
         fast(**{field: value})
+
+
+async def test_backfilled_ticks_are_stored_like_live_ones() -> None:
+    repository = InMemoryTickRepository()
+    consumer = PersistenceConsumer(repository, fast())
+    bus = BroadcastBus()
+    task = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
+    history = [tick._replace(source=TickSource.BACKFILL) for tick in ticks(5)]
+    await feed(bus, history + ticks(5, start=5))
+    bus.close()
+    await asyncio.wait_for(task, GUARD)
+    assert stored_ids(repository) == list(range(10))
+    assert [repository.rows[(t.exchange, t.symbol, t.trade_id)].source for t in history] == [
+        TickSource.BACKFILL
+    ] * 5
