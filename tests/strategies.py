@@ -1,4 +1,4 @@
-"""Hypothesis strategies shared by the unit tests: Binance aggTrade fields and the ticks they carry.
+"""Hypothesis strategies shared by the unit tests: Binance aggTrade and OKX trades fields, and their ticks.
 
 Built from the documented wire format only, never from the parser or its encoder, so a test that
 feeds these to ``parse_frame`` checks the parser against an independent description.
@@ -99,3 +99,71 @@ def numbered_tick(seq: int, symbol: str = "BTCUSDT", exchange: Exchange = Exchan
         event_time_ms=1_700_000_000_000 + seq,
         received_at_ns=1_700_000_000_000_000_000 + seq,
     )
+
+
+# OKX v5 trades channel -------------------------------------------------------------------------
+
+okx_inst_ids = st.from_regex(r"[A-Z0-9]{1,6}(-[A-Z0-9]{1,6}){1,4}", fullmatch=True)  # BTC-USDT, ...-C
+
+
+@st.composite
+def okx_trade_items(
+    draw: st.DrawFn, inst_id: st.SearchStrategy[str] = okx_inst_ids, newer: bool | None = None
+) -> dict[str, Any]:
+    """One item of a valid trades push, as ``json.loads`` would return it.
+
+    ``newer``: with OKX's newer fields (``count``, ``source``, ``seqId``); None draws either.
+    """
+    trade_id = draw(trade_ids)
+    item: dict[str, Any] = {
+        "instId": draw(inst_id),
+        "tradeId": str(trade_id),
+        "px": draw(decimal_strings()),
+        "sz": draw(decimal_strings()),
+        "side": draw(st.sampled_from(["buy", "sell"])),
+        "ts": str(draw(epoch_ms)),
+    }
+    if newer if newer is not None else draw(st.booleans()):
+        item["count"] = str(draw(st.integers(1, min(trade_id + 1, 1_000_000))))
+        item["source"] = draw(st.sampled_from(["0", "1"]))
+        item["seqId"] = draw(st.integers(0, 2**63 - 1))
+    return item
+
+
+@st.composite
+def okx_trades_pushes(draw: st.DrawFn, newer: bool | None = None) -> dict[str, Any]:
+    """A valid trades push of one instrument with one to four trades."""
+    inst_id = draw(okx_inst_ids)
+    items = draw(st.lists(okx_trade_items(st.just(inst_id), newer), min_size=1, max_size=4))
+    return {"arg": {"channel": "trades", "instId": inst_id}, "data": items}
+
+
+def tick_from_okx_trade(
+    item: dict[str, Any], received_at_ns: int, source: TickSource = TickSource.LIVE
+) -> MarketTick:
+    """The tick a valid trades item stands for, written out from OKX's docs."""
+    trade_id = int(item["tradeId"])  # the last trade of an aggregation of ``count`` (absent: 1)
+    return MarketTick(
+        symbol=item["instId"],
+        exchange=Exchange.OKX,
+        price=Decimal(item["px"]),
+        volume=Decimal(item["sz"]),
+        side=Side(item["side"]),  # the taker's side
+        trade_id=trade_id,
+        first_trade_id=trade_id - int(item.get("count", "1")) + 1,
+        last_trade_id=trade_id,
+        timestamp_ms=int(item["ts"]),
+        event_time_ms=None,
+        received_at_ns=received_at_ns,
+        source=source,
+    )
+
+
+@st.composite
+def okx_market_ticks(
+    draw: st.DrawFn,
+    inst_id: st.SearchStrategy[str] = okx_inst_ids,
+    source: st.SearchStrategy[TickSource] = tick_sources,
+) -> MarketTick:
+    """A valid OKX MarketTick: every field a real trades item could carry."""
+    return tick_from_okx_trade(draw(okx_trade_items(inst_id)), draw(received_at_ns), draw(source))

@@ -22,11 +22,12 @@ from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 import structlog
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -34,6 +35,7 @@ from kairos_core.adapters.inbound.feed_handler.binance_wire import encode_agg_tr
 from kairos_core.domain import Exchange, MarketTick, Side
 from kairos_core.simulator.recordings import recorded_agg_trades
 from kairos_core.simulator.subscriptions import Subscriptions
+from kairos_core.simulator.venue import Pacer, SimulatedVenue
 
 log = structlog.get_logger(__name__)
 
@@ -91,7 +93,7 @@ class _RandomWalk:
             yield symbol, encode_agg_trade(tick)
 
 
-class BinanceSimulator:
+class BinanceSimulator(SimulatedVenue[Subscriptions]):
     """Serves ``/ws/<symbol>@aggTrade``, ``/stream?streams=...`` and ``GET /api/v3/exchangeInfo``.
 
     ``ping_interval=None`` turns the server's pings off.
@@ -108,11 +110,8 @@ class BinanceSimulator:
         handshake_status: int | None = None,
         ping_interval: float | None = 20.0,
     ) -> None:
-        if rate <= 0:
-            raise ValueError(f"rate must be positive, got {rate}")
-        self.rate = rate
+        super().__init__(rate=rate, handshake_status=handshake_status)
         self.ping_interval = ping_interval
-        self.handshake_status = handshake_status
         self._replaying = replay is not None
         if replay is not None:
             recorded = list(recorded_agg_trades(replay))
@@ -124,56 +123,10 @@ class BinanceSimulator:
             self.symbols = tuple(symbol.lower() for symbol in symbols)
             base = id_base if id_base is not None else time.time_ns() // 1000
             self._frames = _RandomWalk(self.symbols, seed, base).frames()
-        self._clients: dict[ServerConnection, Subscriptions] = {}
         self._first_client = asyncio.Event()
-        self._server: Server | None = None
-        self._producer: asyncio.Task[None] | None = None
-        self.handshakes = 0
-        self.frames_sent = 0
 
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the simulator is not started")
-        return int(self._server.sockets[0].getsockname()[1])
-
-    @property
-    def clients(self) -> int:
-        return len(self._clients)
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Listen and start producing; returns the bound port."""
-        self._server = await serve(
-            self._session,
-            host,
-            port,
-            process_request=self._route,
-            compression=None,
-            ping_interval=self.ping_interval,
-            ping_timeout=_PONG_TIMEOUT,
-        )
-        self._producer = asyncio.create_task(self._produce())
-        log.info("simulator.listening", host=host, port=self.port, symbols=list(self.symbols), rate=self.rate)
-        return self.port
-
-    async def halt(self) -> None:
-        """Stop producing, keep the connections: every frame counted in ``frames_sent`` is out."""
-        if self._producer is not None:
-            self._producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._producer
-
-    async def stop(self) -> None:
-        await self.halt()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def inject(self, frame: bytes | str) -> None:
-        """Send ``frame`` as it is to every connected client."""
-        for client in list(self._clients):
-            with contextlib.suppress(ConnectionClosed):
-                await client.send(frame)
+    def _serve_options(self) -> dict[str, Any]:
+        return {"ping_interval": self.ping_interval, "ping_timeout": _PONG_TIMEOUT}
 
     async def ping_clients(self, timeout: float = 5.0) -> int:
         """Ping every client as Binance does every 20 s; how many answered within ``timeout``."""
@@ -184,21 +137,13 @@ class BinanceSimulator:
                 answered += 1
         return answered
 
-    async def drop_connections(self) -> None:
-        """Cut every client's TCP connection without a closing handshake."""
-        for client in list(self._clients):
-            client.transport.abort()
-
     def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         if url.path == "/api/v3/exchangeInfo":
             return self._exchange_info(connection, parse_qs(url.query))
         if Subscriptions.for_target(request.path, self.symbols) is None:
-            return connection.respond(HTTPStatus.NOT_FOUND, "unknown path: use /ws/<stream> or /stream\n")
-        self.handshakes += 1
-        if self.handshake_status is not None:
-            return connection.respond(self.handshake_status, "refused by the simulator\n")
-        return None
+            return self._not_found(connection, "use /ws/<stream> or /stream")
+        return self._handshake(connection)
 
     def _exchange_info(self, connection: ServerConnection, query: dict[str, list[str]]) -> Response:
         if "symbols" in query:
@@ -231,15 +176,9 @@ class BinanceSimulator:
     async def _produce(self) -> None:
         if self._replaying:  # a recording is finite: start it when somebody listens
             await self._first_client.wait()
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        produced = 0
+        pacer = Pacer(self.rate)
         for symbol, frame in self._frames:
-            due = started + produced / self.rate
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            produced += 1
+            await pacer.next()
             raw_frame: bytes | None = None
             for client, subscriptions in list(self._clients.items()):
                 if symbol not in subscriptions.symbols:
@@ -251,7 +190,7 @@ class BinanceSimulator:
                 with contextlib.suppress(ConnectionClosed):
                     await client.send(payload, text=True)  # Binance sends text frames
                     self.frames_sent += 1
-        log.info("simulator.replay_done", frames=produced)
+        log.info("simulator.replay_done", frames=pacer.count)
 
 
 def _json(connection: ServerConnection, status: HTTPStatus, body: str) -> Response:

@@ -98,6 +98,12 @@ class AiohttpSession(WebSocketSession):
             return False
         return True
 
+    async def send(self, text: str) -> None:
+        try:
+            await self._websocket.send_str(text)
+        except (aiohttp.ClientError, ConnectionError) as e:
+            raise FeedDisconnected(f"cannot send: {e or type(e).__name__}") from e
+
     async def close(self) -> None:
         try:
             await self._websocket.close()

@@ -46,6 +46,11 @@ class WebSocketSession(Protocol):
         """Ping the server; True if it answered within ``timeout`` seconds."""
         ...
 
+    async def send(self, text: str) -> None:
+        """Send one text frame (a subscribe request, an application-level ping); raises
+        ``FeedDisconnected`` when the connection is gone."""
+        ...
+
     async def close(self) -> None: ...
 
 

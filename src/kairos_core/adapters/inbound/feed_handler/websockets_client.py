@@ -71,6 +71,12 @@ class WebsocketsSession(WebSocketSession):
             return False
         return True
 
+    async def send(self, text: str) -> None:
+        try:
+            await self._connection.send(text)
+        except ConnectionClosed as e:
+            raise FeedDisconnected(f"cannot send: connection closed: {_close_reason(e)}") from e
+
     async def close(self) -> None:
         await self._connection.close()
 
