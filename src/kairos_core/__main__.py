@@ -7,12 +7,10 @@ Exit codes: 0 clean stop, 2 bad configuration (what to fix is printed), 3 the ex
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import signal
 import sys
 from collections.abc import Awaitable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -23,10 +21,9 @@ from kairos_core.bootstrap.config_report import render_config
 from kairos_core.bootstrap.container import Container, warn_about_settings_not_in_effect
 from kairos_core.bootstrap.database import DatabaseUnavailable, migrate_only
 from kairos_core.bootstrap.logging import configure_logging
+from kairos_core.bootstrap.simulate import simulate
 from kairos_core.domain import ConfigurationError, FeedRefused
 from kairos_core.settings import Settings
-from kairos_core.simulator.benchmark import BenchmarkServer
-from kairos_core.simulator.binance import BinanceSimulator
 
 _T = TypeVar("_T")
 
@@ -50,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command = run.get("command")
         if command == "simulate":
-            asyncio.run(_simulate(settings, run))
+            asyncio.run(simulate(settings, run))
         elif command == "migrate":
             asyncio.run(migrate_only(settings.database))
         elif command == "config":
@@ -86,49 +83,6 @@ async def _resolved(value: _T | Awaitable[_T]) -> _T:
     if inspect.isawaitable(value):
         return await value
     return value
-
-
-async def _simulate(settings: Settings, run: dict[str, Any]) -> None:
-    simulator: BinanceSimulator | BenchmarkServer
-    if run["bench"]:
-        simulator = BenchmarkServer(
-            settings.symbols,
-            count=run["count"],
-            rate=run["rate"],
-            send_log=run["send_log"],
-            seed=run["seed"] if run["seed"] is not None else 1,
-            id_base=run["id_base"] if run["id_base"] is not None else 1,
-        )
-    else:
-        try:
-            simulator = BinanceSimulator(
-                settings.symbols,
-                rate=run["rate"] or 10.0,
-                seed=run["seed"],
-                id_base=run["id_base"],
-                replay=_readable(run["replay"]),
-            )
-        except ValueError as e:
-            raise ConfigurationError(f"{e}: replay a Binance recording") from e
-    try:
-        await simulator.start(run["host"], run["port"])
-    except OSError as e:
-        raise ConfigurationError(
-            f"cannot listen on {run['host']}:{run['port']}: {e.strerror or e}: choose another --port"
-        ) from e
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), run.get("duration"))
-    await simulator.stop()
-
-
-def _readable(replay: Path | None) -> Path | None:
-    if replay is not None and not replay.is_file():
-        raise ConfigurationError(f"--replay {str(replay)!r} is not a readable file: name a recording")
-    return replay
 
 
 def _describe(error: Any, flags: dict[str, str]) -> str:

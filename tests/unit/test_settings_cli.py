@@ -420,7 +420,7 @@ def by_command_line(cases: list[tuple[list[str], list[str]]]) -> list[Any]:
             (["--metrics-port", "65536"], ["--metrics-port", "less than or equal to 65535"]),
             (["--exchange", "kraken"], ["--exchange", "KAIROS_EXCHANGES", "'binance' or 'okx'"]),
             (["--symbols", ","], ["--symbols", "KAIROS_SYMBOLS", "at least 1"]),
-            (["--exchange", "okx"], ["okx", "--exchange binance"]),
+            (["--exchange", "okx"], ["'btcusdt'", "BTC-USDT"]),
             (["--symbols", "btc-usdt"], ["'btc-usdt'", "btcusdt"]),
             (["--symbols", "btcusdt,x"], ["'x'", "btcusdt"]),
             (["--binance-url", "ws://"], ["--binance-url", "no host"]),

@@ -13,6 +13,7 @@ import structlog
 from dependency_injector import containers, providers
 
 from kairos_core.adapters.inbound.feed_handler.binance import BinanceFeedHandler
+from kairos_core.adapters.inbound.feed_handler.okx import OkxFeedHandler
 from kairos_core.adapters.outbound.paper_broker import PaperBroker
 from kairos_core.adapters.outbound.postgres import PostgresTickRepository
 from kairos_core.application.bus import BroadcastBus
@@ -30,7 +31,7 @@ from kairos_core.application.strategies import (
 )
 from kairos_core.application.tick_counter import TickCounter
 from kairos_core.bootstrap.database import database_engine, database_url
-from kairos_core.domain import ConfigurationError, Exchange, MarketFeedPort, Strategy, TickSink
+from kairos_core.domain import Exchange, MarketFeedPort, Strategy, TickSink
 from kairos_core.settings import FeedSettings, RiskSettings, Settings, StrategyName, StrategySettings
 
 log = structlog.get_logger(__name__)
@@ -51,14 +52,10 @@ def build_feeds(feeds: FeedSettings, sink: TickSink) -> list[MarketFeedPort]:
 
 
 def _feed(exchange: Exchange, feeds: FeedSettings, sink: TickSink) -> MarketFeedPort:
+    symbols = feeds.symbols_by_exchange()[exchange]
     if exchange is Exchange.BINANCE:
-        return BinanceFeedHandler(
-            sink,
-            feeds.symbols_by_exchange()[exchange],
-            url=feeds.binance_ws_url,
-            rest_url=feeds.binance_rest_url,
-        )
-    raise ConfigurationError(f"exchange {exchange.value!r} has no feed adapter yet: use --exchange binance")
+        return BinanceFeedHandler(sink, symbols, url=feeds.binance_ws_url, rest_url=feeds.binance_rest_url)
+    return OkxFeedHandler(sink, symbols, url=feeds.okx_ws_url)
 
 
 def build_strategies(strategy: StrategySettings) -> list[Strategy]:
