@@ -30,7 +30,7 @@ demo: $(STAMP)
 		sleep 0.1; \
 	done; \
 	$(BIN)/python -m kairos_core --binance-url ws://127.0.0.1:$(DEMO_PORT)/stream \
-		--binance-rest-url http://127.0.0.1:$(DEMO_PORT) $(ARGS)
+		--binance-rest-url http://127.0.0.1:$(DEMO_PORT) --okx-url ws://127.0.0.1:$(DEMO_PORT)/ws/v5/public $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
