@@ -21,9 +21,9 @@ from kairos_core.bootstrap.config_report import render_config
 from kairos_core.bootstrap.container import Container, warn_about_settings_not_in_effect
 from kairos_core.bootstrap.database import DatabaseUnavailable, migrate_only
 from kairos_core.bootstrap.logging import configure_logging
-from kairos_core.bootstrap.simulate import simulate
 from kairos_core.domain import ConfigurationError, FeedRefused
 from kairos_core.settings import Settings
+from kairos_core.simulator.serve import simulate
 
 _T = TypeVar("_T")
 

@@ -107,8 +107,8 @@ class _TradeWalk:
 class OkxSimulator(SimulatedVenue[_Client]):
     """Serves OKX's public WebSocket (``/ws/v5/public``): trades subscriptions, ping/pong, notices.
 
-    Beyond ``SimulatedVenue``'s counters: ``trades_sent`` (trades in the pushes ``frames_sent``
-    counts), ``pings`` (text pings answered) and ``idle_closes`` (connections closed as idle).
+    Beyond ``SimulatedVenue``'s counters: ``pings`` (text pings answered) and ``idle_closes``
+    (connections closed as idle).
     """
 
     def __init__(
@@ -127,7 +127,6 @@ class OkxSimulator(SimulatedVenue[_Client]):
         base = id_base if id_base is not None else time.time_ns() // 1000
         self._pushes = _TradeWalk(self.symbols, seed, base).pushes()
         self._conn_ids = (f"{n:08x}" for n in itertools.count(0x5EED0000))
-        self.trades_sent = 0
         self.pings = 0
         self.idle_closes = 0
 

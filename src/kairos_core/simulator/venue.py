@@ -40,8 +40,9 @@ class SimulatedVenue(ABC, Generic[_Client]):
     """A local WebSocket server standing in for one exchange; ``_Client`` is a connection's state.
 
     Test hooks: ``inject`` sends any frame to every client, ``drop_connections`` cuts them all,
-    ``halt`` stops producing, and ``handshake_status`` answers every stream handshake with that
-    HTTP status instead. ``frames_sent`` counts the market frames that went out.
+    ``halt`` stops producing and ``resume`` starts again, and ``handshake_status`` answers every
+    stream handshake with that HTTP status instead. ``frames_sent`` counts the market frames that
+    went out, ``trades_sent`` the trades in them.
     """
 
     symbols: tuple[str, ...]
@@ -56,6 +57,7 @@ class SimulatedVenue(ABC, Generic[_Client]):
         self._producer: asyncio.Task[None] | None = None
         self.handshakes = 0
         self.frames_sent = 0
+        self.trades_sent = 0
 
     @property
     def port(self) -> int:
@@ -82,6 +84,14 @@ class SimulatedVenue(ABC, Generic[_Client]):
             self._producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._producer
+
+    def resume(self) -> None:
+        """Produce again after ``halt``, going on from where it stopped (a frame made but not yet
+        sent when it halted is skipped)."""
+        if self._producer is None:
+            raise RuntimeError("the simulator is not started")
+        if self._producer.done():
+            self._producer = asyncio.create_task(self._produce())
 
     async def stop(self) -> None:
         await self.halt()

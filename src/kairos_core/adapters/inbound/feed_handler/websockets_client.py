@@ -8,6 +8,7 @@ as the reference client and for tests that compare the two.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -47,10 +48,12 @@ class WebsocketsConnector(ConnectorLimits, WebSocketConnector):
 class WebsocketsSession(WebSocketSession):
     def __init__(self, connection: ClientConnection) -> None:
         self._connection = connection
+        self._pumping = False
 
     async def pump(self, on_frame: FrameHandler, ready: Ready) -> None:
         recv = self._connection.recv
         batch = range(READY_EVERY)
+        self._pumping = True
         try:
             while True:
                 await ready()
@@ -62,6 +65,8 @@ class WebsocketsSession(WebSocketSession):
             raise FeedDisconnected(f"connection closed: {_close_reason(e)}") from e
         except OSError as e:
             raise FeedDisconnected(f"network error: {e}") from e
+        finally:
+            self._pumping = False
 
     async def is_alive(self, timeout: float) -> bool:
         try:
@@ -78,7 +83,21 @@ class WebsocketsSession(WebSocketSession):
             raise FeedDisconnected(f"cannot send: connection closed: {_close_reason(e)}") from e
 
     async def close(self) -> None:
-        await self._connection.close()
+        if self._pumping:  # pump reads on until the server's close frame
+            await self._connection.close()
+            return
+        # Frames nobody reads fill the library's queue, which then stops reading the socket: the
+        # server's close frame would wait behind them for close_timeout. Drop them as they come.
+        discard = asyncio.create_task(self._discard())
+        try:
+            await self._connection.close()
+        finally:
+            discard.cancel()
+
+    async def _discard(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self._connection.recv(decode=False)
 
 
 def _close_reason(error: ConnectionClosed) -> str:
