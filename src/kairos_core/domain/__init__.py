@@ -8,6 +8,7 @@ from kairos_core.domain.errors import (
     FeedError,
     FeedRefused,
     FrameRejected,
+    HistoryUnavailable,
     KairosError,
     Lagged,
     RejectReason,
@@ -20,6 +21,7 @@ from kairos_core.domain.ports import (
     Strategy,
     TickRepository,
     TickSink,
+    TradeHistoryPort,
 )
 from kairos_core.domain.trading import Fill, OrderIntent, OrderType, Position, RiskDecision, RiskRejection
 
@@ -33,6 +35,7 @@ __all__ = [
     "FeedRefused",
     "Fill",
     "FrameRejected",
+    "HistoryUnavailable",
     "KairosError",
     "Lagged",
     "MarketFeedPort",
@@ -50,4 +53,5 @@ __all__ = [
     "TickRepository",
     "TickSink",
     "TickSource",
+    "TradeHistoryPort",
 ]

@@ -5,7 +5,8 @@ KairosError
 ├── ConfigurationError    a setting or symbol that cannot work; the message says what to fix
 ├── FeedError             a feed cannot go on
 │   ├── FeedDisconnected  the connection ended; the feed reconnects
-│   └── FeedRefused       the venue refuses us (restricted location, bad request); no retry helps
+│   ├── FeedRefused       the venue refuses us (restricted location, bad request); no retry helps
+│   └── HistoryUnavailable  the venue cannot serve the past trades asked for; the gap stays open
 └── BusError
     ├── Lagged            a subscriber fell more than the bus capacity behind and lost ticks
     └── BusClosed         the bus is closed; nothing more will arrive
@@ -64,6 +65,14 @@ class FeedDisconnected(FeedError):
 
 class FeedRefused(FeedError):
     """The venue refuses the connection in a way retrying will not fix."""
+
+
+class HistoryUnavailable(FeedError):
+    """The venue cannot serve the past trades asked for; the live stream is not affected.
+
+    It refused the request, no longer keeps those ids, stayed unreachable through the retries,
+    or asked us to wait longer than we may. The message names the range and the venue's reason.
+    """
 
 
 class BusError(KairosError):

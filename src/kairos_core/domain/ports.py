@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -35,6 +35,27 @@ class MarketFeedPort(Protocol):
 
     async def stop(self) -> None:
         """Ask ``start`` to return; safe to call more than once."""
+        ...
+
+
+class TradeHistoryPort(Protocol):
+    """A venue's record of past trades, fetched to repair a gap in a live stream.
+
+    ``trades`` yields pages of one symbol's trades with ``from_id <= trade_id <= to_id``
+    (``to_id=None``: up to the venue's newest), ascending by trade id, each tick with
+    ``source = TickSource.BACKFILL``, mapped exactly as the live stream maps the same trade. It
+    ends early, without error, when the venue has nothing newer yet: the caller sees the last id
+    it got. Where the venue cannot serve the range (it refuses, no longer keeps the oldest ids
+    asked for, stays unreachable, or asks for a wait beyond the adapter's limit) it raises
+    ``HistoryUnavailable``, after the good pages before that point; it never skips ids silently.
+    A call may wait for the venue's rate limits, and says so in the log.
+    """
+
+    @property
+    def exchange(self) -> Exchange: ...
+
+    def trades(self, symbol: str, from_id: int, to_id: int | None = None) -> AsyncIterator[list[MarketTick]]:
+        """Pages of ``symbol``'s trades from ``from_id`` to ``to_id`` (see the class)."""
         ...
 
 

@@ -9,12 +9,21 @@ A combined-stream aggTrade frame, as received from ``/stream?streams=btcusdt@agg
 Raw streams (``/ws/<stream>``) send the ``data`` object alone. Control frames are replies to
 requests (``{"result":null,"id":1}``), error replies (``{"code":2,"msg":"...","id":1}``) and the
 ``serverShutdown`` event that announces a disconnect.
+
+The REST history, ``GET /api/v3/aggTrades?symbol=BTCUSDT&fromId=966492862&limit=1000``, answers a
+list of the same trades without ``e``, ``E`` and ``s`` (a real BTCUSDT answer, 2021-10-22)::
+
+    [{"a":966492862,"p":"60759.60000000","q":"0.00841000","f":1111480471,"l":1111480471,
+      "T":1634944096633,"m":false,"M":true}, ...]
+
+``parse_agg_trades`` maps it with the stream's own mapping, source ``BACKFILL``.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, TypeVar
@@ -32,11 +41,9 @@ _EpochMs = Annotated[int, msgspec.Meta(ge=0, le=_MAX_EPOCH_MS)]
 _Id = Annotated[int, msgspec.Meta(ge=0, le=_MAX_ID)]
 
 
-class AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade", gc=False):
-    """The ``data`` of an aggTrade event. Extra fields (``M``, future ones) are ignored."""
+class RestAggTrade(msgspec.Struct, gc=False):
+    """One aggregate trade: an item of a ``GET /api/v3/aggTrades`` answer, and the core of an event."""
 
-    E: _EpochMs  # event time, epoch ms
-    s: Annotated[str, msgspec.Meta(min_length=1)]  # symbol, uppercase
     a: _Id  # aggregate trade id: consecutive per symbol
     p: str  # price, a decimal string
     q: str  # quantity, a decimal string
@@ -44,6 +51,13 @@ class AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade", gc=False):
     l: _Id  # last trade id in the aggregate
     T: _EpochMs  # trade time, epoch ms
     m: bool  # buyer is the maker: the taker sold
+
+
+class AggTrade(RestAggTrade, tag_field="e", tag="aggTrade", gc=False):
+    """The ``data`` of an aggTrade event. Extra fields (``M``, future ones) are ignored."""
+
+    E: _EpochMs  # event time, epoch ms
+    s: Annotated[str, msgspec.Meta(min_length=1)]  # symbol, uppercase
 
 
 class ServerShutdownEvent(msgspec.Struct, tag_field="e", tag="serverShutdown", gc=False):
@@ -87,8 +101,9 @@ _Event = TypeVar("_Event", AggTrade, ServerShutdownEvent)
 _combined_decoder = msgspec.json.Decoder(_CombinedFrame)
 _raw_decoder = msgspec.json.Decoder(AggTrade | ServerShutdownEvent)  # /ws/<stream>: data alone
 _any_decoder = msgspec.json.Decoder()
+_rest_decoder = msgspec.json.Decoder(list[RestAggTrade])
 _encoder = msgspec.json.Encoder()
-_SELL, _BUY, _BINANCE = Side.SELL, Side.BUY, Exchange.BINANCE
+_SELL, _BUY, _BINANCE, _BACKFILL = Side.SELL, Side.BUY, Exchange.BINANCE, TickSource.BACKFILL
 _new_tuple = tuple.__new__
 _BOUND_VIOLATED = re.compile(r"` (?:>=|<=|of length >=) ")  # msgspec: "Expected `int` >= 0 - at `$.a`"
 
@@ -113,11 +128,19 @@ def parse_frame(
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError):
             return _parse_uncommon(raw, received_at_ns, source)
     if type(payload) is AggTrade:
-        return _tick_from(payload, raw, received_at_ns, source)
+        return _tick_from(payload, payload.s, payload.E, raw, received_at_ns, source)
     return ServerShutdown(event_time_ms=payload.E)
 
 
-def _tick_from(trade: AggTrade, raw: bytes | str, received_at_ns: int, source: TickSource) -> MarketTick:
+def _tick_from(
+    trade: RestAggTrade,
+    symbol: str,
+    event_time_ms: int | None,
+    raw: bytes | str,
+    received_at_ns: int,
+    source: TickSource,
+) -> MarketTick:
+    """The one mapping from a Binance aggregate trade to a tick, streamed or fetched."""
     try:
         price, volume = Decimal(trade.p), Decimal(trade.q)
         valid_amounts = price > 0 and volume > 0 and price.is_finite() and volume.is_finite()
@@ -131,7 +154,7 @@ def _tick_from(trade: AggTrade, raw: bytes | str, received_at_ns: int, source: T
     return _new_tuple(
         MarketTick,
         (
-            trade.s,
+            symbol,
             _BINANCE,
             price,
             volume,
@@ -140,7 +163,7 @@ def _tick_from(trade: AggTrade, raw: bytes | str, received_at_ns: int, source: T
             trade.f,
             trade.l,
             trade.T,
-            trade.E,
+            event_time_ms,
             received_at_ns,
             source,
         ),
@@ -167,7 +190,8 @@ def _parse_uncommon(raw: bytes | str, received_at_ns: int, source: TickSource) -
         raise FrameRejected(RejectReason.SCHEMA, raw, "a combined frame needs a 'data' object")
     event = payload.get("e")
     if event == "aggTrade":
-        return _tick_from(_convert(payload, AggTrade, raw), raw, received_at_ns, source)
+        trade = _convert(payload, AggTrade, raw)
+        return _tick_from(trade, trade.s, trade.E, raw, received_at_ns, source)
     if event == "serverShutdown":
         return ServerShutdown(event_time_ms=_convert(payload, ServerShutdownEvent, raw).E)
     if "e" in payload and not isinstance(event, str):
@@ -184,14 +208,44 @@ def _convert(payload: dict[str, Any], kind: type[_Event], raw: bytes | str) -> _
     try:
         return msgspec.convert(payload, kind)
     except msgspec.ValidationError as e:
-        message = str(e)
-        if message.startswith("Object missing required field"):
-            reason = RejectReason.SCHEMA
-        elif message.startswith("Expected") and not _BOUND_VIOLATED.search(message):
-            reason = RejectReason.TYPE
-        else:
-            reason = RejectReason.VALUE
-        raise FrameRejected(reason, raw, message) from None
+        raise FrameRejected(_reason_of(e), raw, str(e)) from None
+
+
+def _reason_of(error: msgspec.ValidationError) -> RejectReason:
+    message = str(error)
+    if message.startswith("Object missing required field"):
+        return RejectReason.SCHEMA
+    if message.startswith("Expected") and not _BOUND_VIOLATED.search(message):
+        return RejectReason.TYPE
+    return RejectReason.VALUE
+
+
+def parse_agg_trades(raw: bytes | str, symbol: str, received_at_ns: int | None = None) -> list[MarketTick]:
+    """The ticks of one ``GET /api/v3/aggTrades`` answer for ``symbol``, in the answer's order.
+
+    ``symbol`` is Binance's upper-case form, as the stream names it (the answer names none).
+    Every tick has ``source = BACKFILL`` and no event time; the rest is mapped exactly as
+    ``parse_frame`` maps the same trade. One item that cannot be used rejects the whole answer
+    (``FrameRejected``): a page with a hole is no page.
+    """
+    if received_at_ns is None:
+        received_at_ns = time.time_ns()
+    try:
+        items = _rest_decoder.decode(raw)
+    except msgspec.ValidationError as e:
+        if " - at `$" in str(e):  # an item; at the root it is an object (an error body), not a list
+            raise FrameRejected(_reason_of(e), raw, str(e)) from None
+        raise FrameRejected(RejectReason.SCHEMA, raw, "an aggTrades answer is a JSON array") from None
+    except (msgspec.DecodeError, UnicodeError) as e:
+        raise FrameRejected(RejectReason.JSON, raw, str(e)) from None
+    ticks: list[MarketTick] = []
+    for item in items:
+        try:
+            ticks.append(_tick_from(item, symbol, None, raw, received_at_ns, _BACKFILL))
+        except FrameRejected as e:  # point at the item, not at the start of a long answer
+            detail = f"aggregate trade {item.a}: {e.detail}"
+            raise FrameRejected(e.reason, _encoder.encode(item), detail) from None
+    return ticks
 
 
 def _request_id(frame: dict[str, Any]) -> int | str | None:
@@ -203,12 +257,9 @@ def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def encode_agg_trade(tick: MarketTick, *, combined: bool = True) -> bytes:
-    """The frame Binance would send for ``tick``; the simulator's encoder and parse's inverse."""
-    data = {
-        "e": "aggTrade",
-        "E": tick.event_time_ms if tick.event_time_ms is not None else tick.timestamp_ms,
-        "s": tick.symbol,
+def _trade_fields(tick: MarketTick) -> dict[str, Any]:
+    """What an aggTrade event and a REST aggTrades item share, in Binance's key order."""
+    return {
         "a": tick.trade_id,
         "p": f"{tick.price:f}",  # str() would write 1E-7 style exponents, which Binance never sends
         "q": f"{tick.volume:f}",
@@ -218,6 +269,21 @@ def encode_agg_trade(tick: MarketTick, *, combined: bool = True) -> bytes:
         "m": tick.side is Side.SELL,
         "M": True,
     }
+
+
+def encode_agg_trade(tick: MarketTick, *, combined: bool = True) -> bytes:
+    """The frame Binance would send for ``tick``; the simulator's encoder and parse's inverse."""
+    data = {
+        "e": "aggTrade",
+        "E": tick.event_time_ms if tick.event_time_ms is not None else tick.timestamp_ms,
+        "s": tick.symbol,
+        **_trade_fields(tick),
+    }
     if not combined:
         return _encoder.encode(data)
     return _encoder.encode({"stream": f"{tick.symbol.lower()}@aggTrade", "data": data})
+
+
+def encode_agg_trades(ticks: Iterable[MarketTick]) -> bytes:
+    """The ``GET /api/v3/aggTrades`` answer Binance gives for ``ticks``; ``parse_agg_trades`` inverted."""
+    return _encoder.encode([_trade_fields(tick) for tick in ticks])
