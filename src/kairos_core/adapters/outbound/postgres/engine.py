@@ -52,6 +52,8 @@ def create_engine(url: str) -> AsyncEngine:
 
 def masked(url: str | URL) -> str:
     """``url`` fit for a log line: the password (also a ``password=`` query argument) as ``***``."""
+    if isinstance(url, str):
+        url = _credentials_split_at_last_at(url)
     try:
         parsed = url if isinstance(url, URL) else _parse(url)
     except ConfigurationError:
@@ -59,6 +61,19 @@ def masked(url: str | URL) -> str:
     hidden = {key: "***" for key in parsed.query if key.lower() == "password"}
     # Unquoted for the eye (?host=/run/postgresql): the password is already gone.
     return unquote(parsed.update_query_dict(hidden).render_as_string(hide_password=True))
+
+
+def _credentials_split_at_last_at(url: str) -> str:
+    """An unencoded ``@`` in a password makes the parser cut the credentials at the first ``@`` and
+    take the rest of the password for the host; for masking, everything before the last ``@`` of
+    the authority is the credentials."""
+    scheme, separator, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not separator or authority.count("@") < 2:
+        return url
+    credentials, _, host = authority.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
 
 
 def _parse(url: str) -> URL:
