@@ -61,3 +61,17 @@ def test_an_unreachable_database_exits_4_in_one_line_without_the_password(kairos
     assert last.startswith("kairos: error: database postgresql://kairos:***@127.0.0.1:1/kairos")
     assert "unreachable" in last
     assert "hunter2" not in result.stderr
+
+
+def test_a_refused_login_exits_2_at_once_naming_the_fix(kairos: Kairos, postgres_server_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    refused = make_url(postgres_server_url).set(
+        username="nosuchrole", password="hunter2", database="postgres"
+    )
+    result = kairos("migrate", "--database-url", refused.render_as_string(hide_password=False))
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert 'role "nosuchrole" does not exist' in last
+    assert "fix the user, password or database name" in last
+    assert "hunter2" not in result.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import cast
 
 import asyncpg
 import structlog
@@ -86,6 +87,12 @@ async def _with_retries(url: str, step: Callable[[], Awaitable[object]]) -> None
         try:
             await step()
         except (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            refusal = _refusal(e)
+            if refusal is not None:  # no retry helps: the server answered, and said no
+                raise ConfigurationError(
+                    f"database {masked(url)} refused us ({_first_line(refusal)}): fix the user, password "
+                    "or database name in --database-url / KAIROS_DATABASE_URL"
+                ) from e
             reason = f"{type(e).__name__}: {_first_line(e)}"
             if attempt == CONNECT_ATTEMPTS:
                 raise DatabaseUnavailable(
@@ -99,6 +106,22 @@ async def _with_retries(url: str, step: Callable[[], Awaitable[object]]) -> None
             return
 
 
-def _first_line(error: Exception) -> str:
+_REFUSALS = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
+"""Login refused (unknown role, wrong password) or no such database."""
+
+
+def _refusal(error: BaseException) -> BaseException | None:
+    """The server's own refusal somewhere in ``error``'s chain (SQLAlchemy wraps it twice)."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, _REFUSALS):
+            return cast(BaseException, seen)
+        seen = seen.__cause__ or getattr(seen, "orig", None)
+    return None
+
+
+def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else "no detail"
