@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     binance_rest_url: str = DEFAULT_BINANCE_REST_URL
     okx_ws_url: str = DEFAULT_OKX_WS_URL
     okx_rest_url: str = DEFAULT_OKX_REST_URL
+    backfill_max: int = Field(
+        default=1_000_000, ge=0, description="trade ids a gap may span and still be fetched from REST"
+    )
     database_url: str | None = None
     """None: an embedded PostgreSQL with its data in ``data_dir / "pg"``."""
     data_dir: Path = Field(default_factory=default_data_dir)
@@ -319,6 +322,7 @@ class FeedSettings(_Concern):
     binance_rest_url: str
     okx_ws_url: str
     okx_rest_url: str
+    backfill_max: int
 
     def symbols_by_exchange(self) -> dict[Exchange, tuple[str, ...]]:
         """The symbols of each exchange; ``ValueError`` says how to write a symbol list that cannot work."""

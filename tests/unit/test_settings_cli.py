@@ -39,6 +39,7 @@ CONTRACT = [
     ),
     ("--okx-url", "KAIROS_OKX_WS_URL", "okx_ws_url", "wss://okx.test/ws", "wss://okx.test/ws"),
     ("--okx-rest-url", "KAIROS_OKX_REST_URL", "okx_rest_url", "https://okx.test", "https://okx.test"),
+    ("--backfill-max", "KAIROS_BACKFILL_MAX", "backfill_max", "5000", 5000),
     (
         "--database-url",
         "KAIROS_DATABASE_URL",

@@ -1,7 +1,8 @@
 """The running service: feeds -> bus -> consumers in one TaskGroup, with an ordered shutdown.
 
-Shutdown drains: feeds stop first (no new ticks), then the bus closes, then every consumer reads
-what is left and returns. Nothing a feed handed to the bus is dropped on the way out.
+Shutdown drains: feeds stop first (no new ticks), then gap repairs finish, then the bus closes,
+then every consumer reads what is left and returns. Nothing a feed handed to the bus is dropped on
+the way out.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import structlog
 
 from kairos_core.application.bus import BroadcastBus, SubscriberStats, Subscription
 from kairos_core.application.consumers import Consumer
+from kairos_core.application.continuity import ContinuityGuard
 from kairos_core.application.tick_counter import TickCounter
-from kairos_core.domain import KairosError, MarketFeedPort
+from kairos_core.domain import KairosError, MarketFeedPort, TickRepository
 
 log = structlog.get_logger(__name__)
 
@@ -52,8 +54,12 @@ class MarketDataService:
         consumers: Sequence[Consumer],
         *,
         duration: float | None = None,
+        guards: Sequence[ContinuityGuard] = (),
+        repository: TickRepository | None = None,
     ) -> None:
         self._bus = bus
+        self._guards = guards
+        self._repository = repository
         self._counter = counter
         self._feeds = feeds
         self._consumers = consumers
@@ -70,6 +76,7 @@ class MarketDataService:
             self._stop.set()
 
     async def run(self) -> RunSummary:
+        await self._resume()
         loop = asyncio.get_running_loop()
         timer = (
             loop.call_later(self._duration, self.request_stop, "duration elapsed") if self._duration else None
@@ -92,6 +99,8 @@ class MarketDataService:
             log.info("service.stopping", reason=self._stop_reason)
             await asyncio.gather(*(feed.stop() for feed in self._feeds))
             await asyncio.gather(*feed_tasks)
+            # Gap repairs publish too: they finish (or are cancelled) before the bus closes.
+            await asyncio.gather(*(guard.close() for guard in self._guards))
             self._bus.close()
         if timer is not None:
             timer.cancel()
@@ -118,6 +127,16 @@ class MarketDataService:
         if self._failures:
             raise self._failures[0]
         return summary
+
+    async def _resume(self) -> None:
+        """Seed the gap guards with the stored last trade ids, so a restart repairs the downtime."""
+        if self._repository is None:
+            return
+        for guard in self._guards:
+            try:
+                await guard.resume_from(self._repository)
+            except Exception as e:  # storage down at start: stream on, only the downtime stays open
+                log.warning("gap.resume_failed", exchange=guard.exchange, error=f"{type(e).__name__}: {e}")
 
     async def _run_feed(self, feed: MarketFeedPort) -> None:
         try:

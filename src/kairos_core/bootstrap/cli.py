@@ -56,6 +56,16 @@ def _positive_int(text: str) -> int:
 _positive_int.__name__ = "whole number"  # argparse names the type in "invalid whole number value"
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text}")
+    return value
+
+
+_non_negative_int.__name__ = "whole number"
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -98,6 +108,13 @@ def _run_options() -> OneLineParser:
     add("--binance-rest-url", metavar="URL", help=f"[KAIROS_BINANCE_REST_URL; {DEFAULT_BINANCE_REST_URL}]")
     add("--okx-url", dest="okx_ws_url", metavar="URL", help=f"[KAIROS_OKX_WS_URL; {DEFAULT_OKX_WS_URL}]")
     add("--okx-rest-url", metavar="URL", help=f"[KAIROS_OKX_REST_URL; {DEFAULT_OKX_REST_URL}]")
+    add(
+        "--backfill-max",
+        type=_non_negative_int,
+        metavar="N",
+        help="largest gap of trade ids repaired from the venue's history; past it the gap is "
+        "logged as unrecoverable [KAIROS_BACKFILL_MAX; default 1000000]",
+    )
     add(
         "--database-url",
         metavar="URL",
@@ -214,9 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[run_options],
         help="serve a local simulated exchange on 127.0.0.1 (for demos and tests)",
         description=(
-            "A local Binance-like market-stream server: combined and raw streams, live subscriptions, "
-            "exchangeInfo; a seeded random walk or --replay of a recording; --bench for benchmarks. "
-            "Of the run options it reads --symbols, --log-format, --log-level and --duration."
+            "A local exchange (--exchange binance, the default, or okx): Binance's combined and raw "
+            "streams, live subscriptions, exchangeInfo and aggTrades, or OKX's v5 public trades; a "
+            "seeded random walk, or (Binance) --replay of a recording, or --bench for benchmarks. Of "
+            "the run options it reads --exchange, --symbols, --log-format, --log-level, --duration."
         ),
         argument_default=argparse.SUPPRESS,
     )

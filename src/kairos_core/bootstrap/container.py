@@ -9,10 +9,13 @@ container.service()``), released by ``await container.shutdown_resources()``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import structlog
 from dependency_injector import containers, providers
 
 from kairos_core.adapters.inbound.feed_handler.binance import BinanceFeedHandler
+from kairos_core.adapters.inbound.feed_handler.binance_history import BinanceTradeHistory
 from kairos_core.adapters.inbound.feed_handler.okx import OkxFeedHandler
 from kairos_core.adapters.outbound.paper_broker import PaperBroker
 from kairos_core.adapters.outbound.postgres import PostgresTickRepository
@@ -21,6 +24,7 @@ from kairos_core.application.consumers.persistence import PersistenceConsumer, P
 from kairos_core.application.consumers.price_monitor import PriceMonitor
 from kairos_core.application.consumers.risk_engine import RiskEngineConsumer
 from kairos_core.application.consumers.strategy_engine import StrategyEngine
+from kairos_core.application.continuity import DEFAULT_MAX_BACKFILL, ContinuityGuard
 from kairos_core.application.risk import RiskEngine, RiskLimits
 from kairos_core.application.service import MarketDataService
 from kairos_core.application.strategies import (
@@ -37,7 +41,7 @@ from kairos_core.settings import FeedSettings, RiskSettings, Settings, StrategyN
 log = structlog.get_logger(__name__)
 
 
-_NOT_BUILT_YET = {"nats_url": "the NATS roles", "metrics_port": "metrics"}
+_NOT_BUILT_YET = {"nats_url": "the NATS scale-out", "metrics_port": "metrics"}
 """Settings the contract already names whose feature has not landed: accepted, and said so."""
 
 
@@ -47,8 +51,29 @@ def warn_about_settings_not_in_effect(settings: Settings) -> None:
             log.warning("setting.not_in_effect", setting=name, reason=f"{feature} is not built yet")
 
 
-def build_feeds(feeds: FeedSettings, sink: TickSink) -> list[MarketFeedPort]:
-    return [_feed(exchange, feeds, sink) for exchange in feeds.exchanges]
+def build_feeds(
+    feeds: FeedSettings, sink: TickSink, guards: Sequence[ContinuityGuard] = ()
+) -> list[MarketFeedPort]:
+    """One feed per exchange, each into its exchange's gap guard if it has one, else into ``sink``."""
+    guarded: dict[Exchange, TickSink] = {guard.exchange: guard for guard in guards}
+    return [_feed(exchange, feeds, guarded.get(exchange, sink)) for exchange in feeds.exchanges]
+
+
+def build_guards(
+    feeds: FeedSettings,
+    sink: TickSink,
+    binance_history: BinanceTradeHistory,
+    max_backfill: int = DEFAULT_MAX_BACKFILL,
+) -> list[ContinuityGuard]:
+    """A gap guard in front of ``sink`` for every configured exchange with a trade history; the
+    service resumes them from storage, and closing one closes its history's HTTP session."""
+    if Exchange.BINANCE not in feeds.exchanges:
+        return []
+    symbols = [symbol.upper() for symbol in feeds.symbols_by_exchange()[Exchange.BINANCE]]  # ticks' form
+    guard = ContinuityGuard(
+        sink, binance_history, max_backfill=max_backfill, symbols=symbols, on_close=binance_history.aclose
+    )
+    return [guard]
 
 
 def _feed(exchange: Exchange, feeds: FeedSettings, sink: TickSink) -> MarketFeedPort:
@@ -101,11 +126,22 @@ class Container(containers.DeclarativeContainer):
 
     bus = providers.Singleton(BroadcastBus, capacity=settings.provided.bus_capacity)
     counter = providers.Singleton(TickCounter, bus, limit=max_ticks)
-    feeds = providers.Singleton(build_feeds, settings.provided.feeds, counter)
 
     database_url = providers.Resource(database_url, settings.provided.database)
     engine = providers.Resource(database_engine, database_url, migrate=settings.provided.migrate)
     repository = providers.Singleton(PostgresTickRepository, engine)
+
+    binance_history = providers.Singleton(
+        BinanceTradeHistory, rest_url=settings.provided.feeds.binance_rest_url
+    )
+    guards = providers.Singleton(
+        build_guards,
+        settings.provided.feeds,
+        counter,
+        binance_history,
+        max_backfill=settings.provided.backfill_max,
+    )
+    feeds = providers.Singleton(build_feeds, settings.provided.feeds, counter, guards)
 
     price_monitor = providers.Singleton(
         PriceMonitor, summary_interval=settings.provided.price_summary_interval
@@ -126,4 +162,13 @@ class Container(containers.DeclarativeContainer):
     # The strategy engine before risk: on a burst, risk then rarely reads ahead of the strategy.
     consumers = providers.List(price_monitor, strategy_engine, risk_engine, persistence)
 
-    service = providers.Singleton(MarketDataService, bus, counter, feeds, consumers, duration=duration)
+    service = providers.Singleton(
+        MarketDataService,
+        bus,
+        counter,
+        feeds,
+        consumers,
+        duration=duration,
+        guards=guards,
+        repository=repository,
+    )
