@@ -24,11 +24,17 @@ from tests.strategies import (
     MAX_EPOCH_MS,
     MAX_ID,
     agg_trade_data,
-    decimal_strings,
     market_ticks,
     received_at_ns,
     tick_from_agg_trade,
     tick_sources,
+)
+from tests.wire_checks import (
+    assert_identical,
+    expected_excerpt,
+    non_positive_decimals,
+    not_finite_or_not_decimal,
+    not_json,
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -84,11 +90,6 @@ def wire(data: Any, *, combined: bool, to_bytes: bool, seps: tuple[str, str] = (
     return text.encode() if to_bytes else text
 
 
-def expected_excerpt(raw: bytes | str) -> str:
-    text = raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
-    return text[:EXCERPT_CHARS]
-
-
 def parse_or_rejection(raw: bytes | str) -> object:
     """Parse ``raw``; return the value, or the ``FrameRejected`` after checking it. Anything else fails."""
     result: object
@@ -118,14 +119,6 @@ def reject_reason(raw: bytes | str) -> RejectReason:
     result = parse_or_rejection(raw)
     assert isinstance(result, FrameRejected), f"accepted: {result!r}"
     return result.reason
-
-
-def assert_identical(got: MarketTick, want: MarketTick) -> None:
-    """Field by field, with decimals compared digit for digit (``==`` says 1.0 == 1.00)."""
-    assert got == want
-    assert got.price.as_tuple() == want.price.as_tuple()
-    assert got.volume.as_tuple() == want.volume.as_tuple()
-    assert [type(value) for value in got] == [type(value) for value in want]
 
 
 # Valid frames ---------------------------------------------------------------------------------
@@ -288,28 +281,6 @@ def test_a_combined_frame_whose_data_is_not_an_object_is_a_schema_rejection(
     assert reject_reason(frame.encode() if to_bytes else frame) is RejectReason.SCHEMA
 
 
-non_positive_decimals = st.one_of(
-    st.sampled_from(["0", "0.00000000", "-0", "-0.0", "+0", "-1", "-58001.03000000"]),
-    decimal_strings().map(lambda text: "-" + text),
-)
-not_finite_or_not_decimal = st.sampled_from(
-    [
-        "NaN",
-        "nan",
-        "-NaN",
-        "sNaN",
-        "Infinity",
-        "-Infinity",
-        "inf",
-        "",
-        " ",
-        "abc",
-        "1.2.3",
-        "--1",
-        "0x10",
-        "1,5",
-    ]
-)
 bad_amounts = st.tuples(st.sampled_from(["p", "q"]), non_positive_decimals | not_finite_or_not_decimal)
 bad_ints = st.tuples(st.sampled_from(INT_FIELDS), st.integers(max_value=-1) | st.integers(min_value=2**63))
 late_times = st.tuples(st.sampled_from(["T", "E"]), st.integers(MAX_EPOCH_MS + 1, 2**63 - 1))
@@ -385,19 +356,6 @@ def test_non_json_is_a_json_rejection(raw: bytes | str) -> None:
 
 
 # Anything at all: a value or FrameRejected, never another exception ----------------------------
-
-
-def not_json(raw: bytes | str) -> bool:
-    """The standard library refuses ``raw`` even with its invalid UTF-8 bytes replaced.
-
-    Replacing keeps the verdict for syntax only: msgspec does not check the UTF-8 of fields it
-    skips (an unknown key, ``M``), so a bad byte there may still give a tick, and that is fine.
-    """
-    try:
-        json.loads(raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw)
-    except ValueError:
-        return True
-    return False
 
 
 @given(st.binary() | st.text())

@@ -29,7 +29,6 @@ from kairos_core.domain import Exchange, FrameRejected, MarketTick, RejectReason
 from tests.strategies import (
     MAX_EPOCH_MS,
     MAX_ID,
-    decimal_strings,
     okx_inst_ids,
     okx_market_ticks,
     okx_trade_items,
@@ -37,6 +36,13 @@ from tests.strategies import (
     received_at_ns,
     tick_from_okx_trade,
     tick_sources,
+)
+from tests.wire_checks import (
+    assert_identical,
+    expected_excerpt,
+    non_positive_decimals,
+    not_finite_or_not_decimal,
+    not_json,
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -86,11 +92,6 @@ def push_of(*items: dict[str, Any]) -> dict[str, Any]:
     return {"arg": {"channel": "trades", "instId": inst_id}, "data": list(items)}
 
 
-def expected_excerpt(raw: bytes | str) -> str:
-    text = raw if isinstance(raw, str) else raw.decode("utf-8", errors="replace")
-    return text[:EXCERPT_CHARS]
-
-
 def parse_or_rejection(raw: bytes | str) -> object:
     """Parse ``raw``; return the value, or the ``FrameRejected`` after checking it. Anything else fails."""
     result: object
@@ -131,14 +132,6 @@ def reason_after(item: dict[str, Any], mutation: tuple[str, Any], to_bytes: bool
     """Why a push is rejected whose trade is ``item`` with ``mutation`` (key, value) applied."""
     key, value = mutation
     return reject_reason(wire(push_of({**item, key: value}), to_bytes=to_bytes))  # a copy: examples share it
-
-
-def assert_identical(got: MarketTick, want: MarketTick) -> None:
-    """Field by field, with decimals compared digit for digit (``==`` says 1.0 == 1.00)."""
-    assert got == want
-    assert got.price.as_tuple() == want.price.as_tuple()
-    assert got.volume.as_tuple() == want.volume.as_tuple()
-    assert [type(value) for value in got] == [type(value) for value in want]
 
 
 # Valid pushes ---------------------------------------------------------------------------------
@@ -420,28 +413,6 @@ def test_a_control_field_of_the_wrong_type_is_a_type_rejection(frame: dict[str, 
     assert reject_reason(json.dumps(frame)) is RejectReason.TYPE
 
 
-non_positive_decimals = st.one_of(
-    st.sampled_from(["0", "0.00000000", "-0", "-0.0", "+0", "-1", "-42219.9"]),
-    decimal_strings().map(lambda text: "-" + text),
-)
-not_finite_or_not_decimal = st.sampled_from(
-    [
-        "NaN",
-        "nan",
-        "-NaN",
-        "sNaN",
-        "Infinity",
-        "-Infinity",
-        "inf",
-        "",
-        " ",
-        "abc",
-        "1.2.3",
-        "--1",
-        "0x10",
-        "1,5",
-    ]
-)
 not_digits = st.sampled_from(["", " 1", "1 ", "+1", "-1", "1_000", "1e3", "1.0", "0x1f", "١٢", "abc", "12a"])
 bad_amounts = st.tuples(st.sampled_from(["px", "sz"]), non_positive_decimals | not_finite_or_not_decimal)
 bad_digits = st.tuples(st.sampled_from(["tradeId", "ts", "count"]), not_digits)
@@ -516,15 +487,6 @@ def test_a_truncated_push_is_a_json_rejection(push: dict[str, Any], draw: st.Dat
 )
 def test_not_json_is_a_json_rejection(raw: bytes | str) -> None:
     assert reject_reason(raw) is RejectReason.JSON
-
-
-def not_json(raw: bytes | str) -> bool:
-    """The standard library refuses ``raw`` even with its invalid UTF-8 bytes replaced."""
-    try:
-        json.loads(raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw)
-    except ValueError:
-        return True
-    return False
 
 
 @given(st.binary() | st.text())
