@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint bench clean
+.PHONY: run demo scale-demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kairos-core needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -30,7 +30,14 @@ demo: $(STAMP)
 		sleep 0.1; \
 	done; \
 	$(BIN)/python -m kairos_core --binance-url ws://127.0.0.1:$(DEMO_PORT)/stream \
-		--binance-rest-url http://127.0.0.1:$(DEMO_PORT) --okx-url ws://127.0.0.1:$(DEMO_PORT)/ws/v5/public $(ARGS)
+		--binance-rest-url http://127.0.0.1:$(DEMO_PORT) --okx-rest-url http://127.0.0.1:$(DEMO_PORT) \
+		--okx-url ws://127.0.0.1:$(DEMO_PORT)/ws/v5/public $(ARGS)
+
+# Scale-out on NATS JetStream (docs/scaling.md): simulators, 2 ingest and 2 persist processes, one
+# of each killed mid-run; prints sent / stored / missing / duplicated. NATS: 127.0.0.1:4222, else
+# the nats-server of the test extra; PostgreSQL: 127.0.0.1:5432 (or ARGS="--database-url URL").
+scale-demo: $(STAMP)
+	$(BIN)/python -m tests.e2e.scale_out $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -45,6 +52,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/persistence.py
+	$(BIN)/python bench/scale_out.py
+	$(BIN)/python bench/metrics.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +19,9 @@ import orjson
 
 from kairos_core.adapters.inbound.feed_handler.binance_wire import AggTrade, parse_frame
 from kairos_core.application.bus import BroadcastBus, Subscription
-from kairos_core.domain import MarketTick
+from kairos_core.application.continuity import ContinuityGuard
+from kairos_core.application.tick_counter import TickCounter
+from kairos_core.domain import Exchange, MarketTick
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests/fixtures/binance/BINANCE-ee25be.0"
@@ -251,6 +253,50 @@ def hot_path_section(frames: Sequence[bytes]) -> Section:
     return Section(title="Hot path, per frame", benchmarks=[benchmark])
 
 
+class UnusedHistory:
+    """A trade history the guard must never need: the ticks below have no gap."""
+
+    exchange = Exchange.BINANCE
+    spans_fills = False
+
+    def trades(self, symbol: str, from_id: int, to_id: int | None = None) -> AsyncIterator[list[MarketTick]]:
+        raise AssertionError(f"a gap in the benchmark's ticks: {symbol} from {from_id}")
+
+
+def consecutive(ticks: Sequence[MarketTick]) -> list[MarketTick]:
+    """The ticks renumbered so each symbol's ids run without a gap from 1, as a venue sends them."""
+    numbers: dict[str, int] = {}
+    renumbered = []
+    for tick in ticks:
+        numbers[tick.symbol] = numbers.get(tick.symbol, 0) + 1
+        renumbered.append(tick._replace(trade_id=numbers[tick.symbol]))
+    return renumbered
+
+
+def guard_section(ticks: Sequence[MarketTick]) -> Section:
+    """What the gap guard adds in front of the counter and bus, on ids without a gap."""
+    continuous = consecutive(ticks)
+    restart = dict.fromkeys((tick.symbol for tick in continuous), 0)
+    counted, _ = subscribed_bus(SUBSCRIBERS)
+    guarded, _ = subscribed_bus(SUBSCRIBERS)
+    guard = ContinuityGuard(TickCounter(guarded), UnusedHistory())
+    return Section(
+        title=f"Gap guard, per tick (ids without a gap, {SUBSCRIBERS} subscribers)",
+        benchmarks=[
+            Benchmark(
+                label="TickCounter -> bus",
+                timed=over(TickCounter(counted).publish, continuous),
+                ops_per_loop=len(continuous),
+            ),
+            Benchmark(
+                label="ContinuityGuard -> TickCounter -> bus",
+                timed=over(guard.publish, continuous, lambda: guard.seed(restart)),
+                ops_per_loop=len(continuous),
+            ),
+        ],
+    )
+
+
 def cpu_model() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -302,6 +348,7 @@ def main() -> None:
         publish_section(ticks),
         event_loop_section(ticks),
         hot_path_section(frames),
+        guard_section(ticks),
     ]
     results = iter(measure([benchmark for section in sections for benchmark in section.benchmarks]))
     for section in sections:

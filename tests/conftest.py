@@ -18,7 +18,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.database"]
+pytest_plugins = ["tests.database", "tests.nats_server"]
 
 
 @pytest.fixture(autouse=True)

@@ -80,6 +80,10 @@ class InMemoryTickRepository(TickRepository):
         ids = [trade_id for (ex, sym, trade_id) in self.rows if ex == exchange and sym == symbol]
         return max(ids, default=None)
 
+    async def latest_tick(self, exchange: Exchange, symbol: str) -> MarketTick | None:
+        ticks = [tick for (ex, sym, _), tick in self.rows.items() if ex == exchange and sym == symbol]
+        return max(ticks, key=lambda tick: tick.trade_id, default=None)
+
     async def ticks_between(
         self, exchange: Exchange, symbol: str, start: datetime, end: datetime
     ) -> list[MarketTick]:

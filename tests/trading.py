@@ -17,7 +17,7 @@ from kairos_core.application.consumers import Consumer
 from kairos_core.application.consumers.risk_engine import RiskEngineConsumer
 from kairos_core.application.consumers.strategy_engine import StrategyEngine
 from kairos_core.application.risk import RiskEngine, RiskLimits
-from kairos_core.domain import Exchange, MarketTick, OrderIntent, Side, Strategy
+from kairos_core.domain import BusItem, Exchange, MarketTick, OrderIntent, Side, Strategy
 from tests.strategies import numbered_tick
 
 GUARD_SECONDS = 5.0
@@ -73,7 +73,7 @@ async def read_to_end(
 
 async def read_together(
     consumers: Sequence[Consumer],
-    ticks: Sequence[MarketTick],
+    ticks: Sequence[BusItem],
     batches: Iterable[int] = (),
     capacity: int = 1000,
 ) -> list[MutableMapping[str, Any]]:

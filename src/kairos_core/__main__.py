@@ -1,7 +1,7 @@
 """``python -m kairos_core`` / ``kairos``: parse, configure, run; map failures to exit codes.
 
 Exit codes: 0 clean stop, 2 bad configuration (what to fix is printed), 3 the exchange refuses us,
-4 the database is unreachable at start-up.
+4 the database is unreachable at start-up, 5 NATS is unreachable at start-up.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import inspect
 import signal
 import sys
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -21,6 +22,8 @@ from kairos_core.bootstrap.config_report import render_config
 from kairos_core.bootstrap.container import Container, warn_about_settings_not_in_effect
 from kairos_core.bootstrap.database import DatabaseUnavailable, migrate_only
 from kairos_core.bootstrap.logging import configure_logging
+from kairos_core.bootstrap.observability import dashboard_log
+from kairos_core.bootstrap.roles import NatsUnavailable, assign_role
 from kairos_core.domain import ConfigurationError, FeedRefused
 from kairos_core.settings import Settings
 from kairos_core.simulator.serve import simulate
@@ -30,6 +33,7 @@ _T = TypeVar("_T")
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3
 EXIT_DATABASE = 4
+EXIT_NATS = 5
 
 log = structlog.get_logger("kairos_core")
 
@@ -43,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(EXIT_CONFIG, "; ".join(_describe(error, flags) for error in e.errors()))
     except (FileNotFoundError, ValueError) as e:
         return _fail(EXIT_CONFIG, str(e))
-    configure_logging(settings.log_format, settings.log_level)
+    dashboard = bool(run.get("dashboard")) and run.get("command") is None
+    log_file = dashboard_log(settings.data_dir) if dashboard else None
+    log_stream = None if log_file is None else log_file.open("a", encoding="utf-8", buffering=1)
+    configure_logging(settings.log_format, settings.log_level, stream=log_stream)
+    if dashboard and log_file is None:
+        log.warning("dashboard.off", reason="stdout is not a terminal: plain logs instead")
     try:
         command = run.get("command")
         if command == "simulate":
@@ -53,23 +62,35 @@ def main(argv: list[str] | None = None) -> int:
         elif command == "config":
             print(render_config(settings), end="")
         else:
-            asyncio.run(_serve(settings, run))
+            asyncio.run(_serve(settings, run, dashboard_log=log_file))
     except ConfigurationError as e:
         return _fail(EXIT_CONFIG, str(e))
     except FeedRefused as e:
         return _fail(EXIT_REFUSED, str(e))
     except DatabaseUnavailable as e:
         return _fail(EXIT_DATABASE, str(e))
+    except NatsUnavailable as e:
+        return _fail(EXIT_NATS, str(e))
     except KeyboardInterrupt:
         pass
     return 0
 
 
-async def _serve(settings: Settings, run: dict[str, Any]) -> None:
+async def _serve(settings: Settings, run: dict[str, Any], *, dashboard_log: Path | None = None) -> None:
+    """Run the service; with ``dashboard_log`` (where the logs go meanwhile), draw the dashboard."""
     warn_about_settings_not_in_effect(settings)
-    container = Container(settings=settings, max_ticks=run.get("max_ticks"), duration=run.get("duration"))
+    container = Container(
+        settings=settings,
+        max_ticks=run.get("max_ticks"),
+        duration=run.get("duration"),
+        show_dashboard=dashboard_log is not None,
+        dashboard_log=dashboard_log,
+    )
+    assign_role(container, run.get("command"))  # ingest, persist, or publishing too with --nats-url
     try:
         service = await _resolved(container.service())
+        await _resolved(container.metrics())
+        await _resolved(container.dashboard())
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, service.request_stop, signal.Signals(signum).name)

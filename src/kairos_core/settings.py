@@ -7,6 +7,7 @@ Every field's environment name is ``KAIROS_`` + its upper-cased name.
 from __future__ import annotations
 
 import os
+import re
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
@@ -29,6 +30,10 @@ DEFAULT_BINANCE_WS_URL = "wss://stream.binance.com:9443/stream"
 DEFAULT_BINANCE_REST_URL = "https://api.binance.com"
 DEFAULT_OKX_WS_URL = "wss://ws.okx.com:8443/ws/v5/public"
 DEFAULT_OKX_REST_URL = "https://www.okx.com"
+DEFAULT_MAX_FRAME_BYTES = 1 << 20
+MIN_MAX_FRAME_BYTES, MAX_MAX_FRAME_BYTES = 1 << 16, 1 << 30
+_NATS_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NATS_SUBJECT = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
 class LogFormat(StrEnum):
@@ -83,8 +88,15 @@ class Settings(BaseSettings):
     binance_rest_url: str = DEFAULT_BINANCE_REST_URL
     okx_ws_url: str = DEFAULT_OKX_WS_URL
     okx_rest_url: str = DEFAULT_OKX_REST_URL
+    max_frame_bytes: int = Field(
+        default=DEFAULT_MAX_FRAME_BYTES,
+        description="largest WebSocket message a feed reads; a larger one closes the connection unread",
+    )
     backfill_max: int = Field(
         default=1_000_000, ge=0, description="trade ids a gap may span and still be fetched from REST"
+    )
+    backfill_max_age: float = Field(
+        default=86_400.0, gt=0, description="seconds of downtime a restart still fetches from REST"
     )
     database_url: str | None = None
     """None: an embedded PostgreSQL with its data in ``data_dir / "pg"``."""
@@ -145,8 +157,45 @@ class Settings(BaseSettings):
         default=100, ge=2, description="log returns in the rolling volatility"
     )
     nats_url: str | None = None
+    """None: no NATS (the all-in-one service alone); ``ingest`` and ``persist`` need one."""
+    nats_stream: str = Field(default="KAIROS_TICKS", description="the JetStream stream of ticks")
+    nats_subject_prefix: str = Field(
+        default="kairos.ticks", description="ticks go on <prefix>.<exchange>.<SYMBOL>"
+    )
+    nats_durable: str = Field(
+        default="kairos-persist", description="the durable consumer the persist nodes share"
+    )
+    nats_max_age: float = Field(
+        default=604_800.0, ge=0, description="seconds the stream keeps a tick (0: no limit by age)"
+    )
+    nats_max_bytes: int = Field(
+        default=-1, ge=-1, description="bytes the stream keeps at most (-1: no limit by size)"
+    )
+    nats_replicas: int = Field(default=1, ge=1, le=5, description="copies of the stream in a NATS cluster")
+    nats_duplicate_window: float = Field(
+        default=120.0, gt=0, description="seconds within which a tick published again is dropped"
+    )
+    nats_ack_wait: float = Field(
+        default=30.0, gt=0, description="seconds a persist node may hold a batch before another gets it"
+    )
+    nats_max_ack_pending: int = Field(
+        default=20_000, ge=1, description="ticks out to the persist nodes and not yet acknowledged, at most"
+    )
+    nats_publish_window: int = Field(
+        default=10_000, ge=1, description="ticks published and not yet confirmed by the stream, at most"
+    )
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """None: no metrics endpoint (and no latency sampling)."""
     metrics_host: str = "127.0.0.1"
+    metrics_sample_every: int = Field(
+        default=64,
+        ge=0,
+        le=1 << 20,
+        description="latency histograms time 1 tick in N (a power of two; 0: off)",
+    )
+    metrics_stale_after: float = Field(
+        default=300.0, gt=0, description="seconds without a tick before a symbol is reported stale"
+    )
     log_format: LogFormat | None = None
     """None: console on a terminal, JSON otherwise."""
     log_level: LogLevel = LogLevel.INFO
@@ -212,6 +261,64 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"persist_buffer_limit ({self.persist_buffer_limit}) must be at least "
                 f"persist_batch_size ({self.persist_batch_size})"
+            )
+        return self
+
+    @field_validator("metrics_sample_every", mode="after")
+    @classmethod
+    def _power_of_two(cls, every: int) -> int:
+        if every & (every - 1):
+            raise ValueError(
+                f"must be a power of two (1, 2, 4, ... 64, ...) or 0 for no sampling, got {every}"
+            )
+        return every
+
+    @field_validator("max_frame_bytes", mode="after")
+    @classmethod
+    def _frame_limit(cls, limit: int) -> int:
+        if not MIN_MAX_FRAME_BYTES <= limit <= MAX_MAX_FRAME_BYTES:
+            raise ValueError(
+                f"must be from {MIN_MAX_FRAME_BYTES} (64 KiB) to {MAX_MAX_FRAME_BYTES} (1 GiB) bytes, got "
+                f"{limit}: below 64 KiB the venues' ordinary messages (an OKX push of many trades, a "
+                f"subscription list) would close the connection again and again; the default is "
+                f"{DEFAULT_MAX_FRAME_BYTES} (1 MiB)"
+            )
+        return limit
+
+    @field_validator("nats_url", mode="after")
+    @classmethod
+    def _nats_urls(cls, urls: str | None) -> str | None:
+        if urls is not None:
+            for url in urls.split(","):
+                _checked_url(url.strip(), ("nats", "tls", "ws", "wss"))
+        return urls
+
+    @field_validator("nats_stream", "nats_durable", mode="after")
+    @classmethod
+    def _nats_name(cls, name: str) -> str:
+        if not _NATS_NAME.fullmatch(name):
+            raise ValueError(
+                f"{name!r} cannot name a NATS stream or consumer: use up to 64 letters, digits, - and _, "
+                "e.g. KAIROS_TICKS"
+            )
+        return name
+
+    @field_validator("nats_subject_prefix", mode="after")
+    @classmethod
+    def _nats_subject(cls, prefix: str) -> str:
+        if not _NATS_SUBJECT.fullmatch(prefix):
+            raise ValueError(
+                f"{prefix!r} cannot begin a NATS subject: use dot-separated tokens of letters, digits, "
+                "- and _, e.g. kairos.ticks"
+            )
+        return prefix
+
+    @model_validator(mode="after")
+    def _ack_pending_holds_a_batch(self) -> Settings:
+        if self.nats_max_ack_pending < self.persist_batch_size:
+            raise ValueError(
+                f"nats_max_ack_pending ({self.nats_max_ack_pending}) must be at least "
+                f"persist_batch_size ({self.persist_batch_size}): a persist node takes a batch at a time"
             )
         return self
 
@@ -322,7 +429,9 @@ class FeedSettings(_Concern):
     binance_rest_url: str
     okx_ws_url: str
     okx_rest_url: str
+    max_frame_bytes: int
     backfill_max: int
+    backfill_max_age: float
 
     def symbols_by_exchange(self) -> dict[Exchange, tuple[str, ...]]:
         """The symbols of each exchange; ``ValueError`` says how to write a symbol list that cannot work."""
@@ -390,10 +499,22 @@ class RiskSettings(_Concern):
 class MetricsSettings(_Concern):
     port: int | None = Field(validation_alias="metrics_port")
     host: str = Field(validation_alias="metrics_host")
+    sample_every: int = Field(validation_alias="metrics_sample_every")
+    stale_after: float = Field(validation_alias="metrics_stale_after")
 
 
 class NatsSettings(_Concern):
     url: str | None = Field(validation_alias="nats_url")
+    stream: str = Field(validation_alias="nats_stream")
+    subject_prefix: str = Field(validation_alias="nats_subject_prefix")
+    durable: str = Field(validation_alias="nats_durable")
+    max_age: float = Field(validation_alias="nats_max_age")
+    max_bytes: int = Field(validation_alias="nats_max_bytes")
+    replicas: int = Field(validation_alias="nats_replicas")
+    duplicate_window: float = Field(validation_alias="nats_duplicate_window")
+    ack_wait: float = Field(validation_alias="nats_ack_wait")
+    max_ack_pending: int = Field(validation_alias="nats_max_ack_pending")
+    publish_window: int = Field(validation_alias="nats_publish_window")
 
 
 class LoggingSettings(_Concern):

@@ -98,7 +98,8 @@ class ExchangeCase:
       name them).
     - ``garbage``: a frame of the venue's protocol cut short, counted as ``RejectReason.JSON``;
       ``unknown``: a well-formed frame of a channel the feed does not consume, counted as
-      ``RejectReason.UNKNOWN_EVENT``.
+      ``RejectReason.UNKNOWN_EVENT``; ``foreign``: a well-formed trade of a symbol the feed did not
+      subscribe to, counted as ``RejectReason.UNKNOWN_SYMBOL``.
     - ``trade_id_is_last``: the venue's trade id is the last id of its aggregation
       (``first_trade_id <= last_trade_id == trade_id``); otherwise it is an id of its own and only
       ``first_trade_id <= last_trade_id`` holds.
@@ -119,6 +120,7 @@ class ExchangeCase:
     feed: FeedFactory
     garbage: bytes
     unknown: bytes
+    foreign: bytes
     trade_id_is_last: bool
     subscribes_by_request: bool
     recordings: tuple[Path, ...]
@@ -174,6 +176,8 @@ BINANCE = ExchangeCase(
     feed=_binance_feed,
     garbage=b'{"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":16175665913',
     unknown=b'{"stream":"btcusdt@depth","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT","b":[],"a":[]}}',
+    foreign=b'{"stream":"xrpusdt@aggTrade","data":{"e":"aggTrade","E":1700000000001,"s":"XRPUSDT","a":1,'
+    b'"p":"0.5","q":"10","f":1,"l":1,"T":1700000000000,"m":true,"M":true}}',
     trade_id_is_last=False,  # the aggregate trade id a; f..l are the ids of the trades it aggregates
     subscribes_by_request=False,  # the combined stream's URL names the streams
     recordings=(FIXTURES / "binance" / "BINANCE-ee25be.0", FIXTURES / "binance" / "BINANCE.ws.1.0"),
@@ -232,6 +236,8 @@ OKX = ExchangeCase(
     feed=_okx_feed,
     garbage=b'{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"instId":"BTC-U',
     unknown=b'{"arg":{"channel":"books","instId":"BTC-USDT"},"action":"update","data":[]}',
+    foreign=b'{"arg":{"channel":"trades","instId":"XRP-USDT"},"data":[{"instId":"XRP-USDT","tradeId":"1",'
+    b'"px":"0.5","sz":"10","side":"buy","ts":"1700000000000","count":"1"}]}',
     trade_id_is_last=True,  # tradeId is the last trade of the aggregation; count says how many
     subscribes_by_request=True,  # {"op":"subscribe",...} after connecting
     recordings=(FIXTURES / "okx" / "OKX.ws.1.0", *_OKEX_PAIR),

@@ -109,11 +109,16 @@ async def test_garbage_and_unknown_frames_are_counted_and_skipped(
     await simulator.inject(case.garbage.decode())  # text frames, as exchanges send
     await simulator.inject(case.unknown.decode())
     await simulator.inject(b"\x00\xff not even UTF-8")  # a binary frame
-    await eventually(lambda: run.feed.rejected.total() == 3, "three frames rejected")
+    await simulator.inject(case.foreign.decode())
+    await eventually(lambda: run.feed.rejected.total() == 4, "four frames rejected")
     await streaming(tape, case)  # the stream goes on
     await all_sent_once_in_order(simulator, tape, run)  # no trade around the bad frames was lost
 
-    assert run.feed.rejected == {RejectReason.JSON: 2, RejectReason.UNKNOWN_EVENT: 1}
+    assert run.feed.rejected == {
+        RejectReason.JSON: 2,
+        RejectReason.UNKNOWN_EVENT: 1,
+        RejectReason.UNKNOWN_SYMBOL: 1,
+    }
     assert run.feed.reconnects == 0
 
 

@@ -137,6 +137,16 @@ async def test_last_trade_id_per_exchange_and_symbol(repository: PostgresTickRep
     assert await repository.last_trade_id(Exchange.OKX, "BTCUSDT") is None
 
 
+async def test_latest_tick_is_the_stored_tick_with_the_highest_id(repository: PostgresTickRepository) -> None:
+    assert await repository.latest_tick(Exchange.BINANCE, "BTCUSDT") is None
+    ticks = [numbered_tick(7), numbered_tick(3), numbered_tick(9, symbol="ETHUSDT")]
+    await repository.add_many(ticks)
+    latest = await repository.latest_tick(Exchange.BINANCE, "BTCUSDT")
+    assert latest is not None
+    assert latest._replace(received_at_ns=ticks[0].received_at_ns) == ticks[0]
+    assert latest.received_at_ns // 1000 == ticks[0].received_at_ns // 1000
+
+
 async def test_ticks_between_is_half_open_and_in_trade_id_order(repository: PostgresTickRepository) -> None:
     # Trade ids against time order: late trades reported with lower ids must still come first.
     ticks = [numbered_tick(seq)._replace(timestamp_ms=1_700_000_000_000 + 10 - seq) for seq in range(10)]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +39,49 @@ def test_a_recording_without_binance_trades_exits_2(
 
 def test_duration_stops_the_simulator() -> None:
     assert main(["simulate", "--port", "0", "--duration", "0.2", "--log-format", "json"]) == 0
+
+
+def test_a_planned_run_writes_the_expected_file_and_its_counters_at_exit(tmp_path: Path) -> None:
+    expected = tmp_path / "expected.csv"
+    arguments = ["--port", "0", "--duration", "0.2", "--log-format", "json", "--symbols", "btcusdt"]
+    plan = ["--trades", "50", "--expected-file", str(expected), "--id-base", "7", "--seed", "1"]
+    faults = ["--drop-every", "1", "--drop-random", "--withhold-every", "5", "--garbage-every", "3"]
+    faults += ["--oversize-every", "4", "--duplicate-every", "2", "--rest-429-every", "3"]
+    # A process of its own: module loggers keep the stream of the first main() in this one.
+    result = subprocess.run(
+        [sys.executable, "-m", "kairos_core", "simulate", *arguments, *plan, *faults],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert expected.read_text().splitlines() == [f"binance,BTCUSDT,{i}" for i in range(7, 57)]
+    stopped = [json.loads(line) for line in result.stderr.splitlines() if "simulator.stopped" in line]
+    assert len(stopped) == 1
+    assert stopped[0]["trades_made"] == 0, "nobody connected: a planned run waits for its first client"
+    assert {"drops", "garbage_sent", "oversize_sent", "duplicates_sent", "rest_refused"} <= set(stopped[0])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--expected-file", "x.csv"], "--expected-file needs a planned run: add --trades N"),
+        (["--drop-random"], "--drop-random needs --drop-every SECONDS"),
+        (["--exchange", "okx", "--symbols", "BTC-USDT", "--drop-every", "2"], "--drop-every shape Binance's"),
+        (["--bench", "--trades", "10"], "--trades shape Binance's random walk"),
+    ],
+)
+def test_plans_and_faults_that_cannot_apply_exit_2(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", "--port", "0", "--duration", "0.1", "--log-format", "json", *arguments]) == 2
+    assert message in error_line(capsys)
+
+
+def test_a_fault_period_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["simulate", "--garbage-every", "0"])
+    assert exited.value.code == 2
+    assert "--garbage-every: must be a positive whole number" in capsys.readouterr().err

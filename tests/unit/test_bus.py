@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 import pytest
 
 from kairos_core.application.bus import BroadcastBus, SubscriberStats, Subscription
-from kairos_core.domain import BusClosed, Lagged
+from kairos_core.domain import BusClosed, Exchange, GapDetected, Lagged
 from tests.strategies import numbered_tick as tick
 
 GUARD_SECONDS = 5.0
@@ -467,3 +467,16 @@ async def test_cancelled_waits_leave_nothing_behind() -> None:
             await asyncio.wait_for(subscription.recv(), 0.001)
     assert bus._readers == []
     assert full.stats().depth == 2
+
+
+async def test_events_reach_every_subscriber_in_order_with_the_ticks() -> None:
+    bus = BroadcastBus(capacity=8)
+    ring, lossless = bus.subscribe("ring"), bus.subscribe("lossless", lossless=True)
+    event = GapDetected(exchange=Exchange.BINANCE, symbol="BTCUSDT", from_id=2, to_id=2, open_gaps=1)
+    bus.publish(tick(1))
+    bus.publish_event(event)
+    bus.publish(tick(3))
+    bus.close()
+    for subscription in (ring, lossless):
+        assert [item async for item in subscription] == [tick(1), event, tick(3)]
+    assert bus.published == 3

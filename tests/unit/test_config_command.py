@@ -58,11 +58,25 @@ TRADING = [
     ("--risk-volatility-window", "KAIROS_RISK_VOLATILITY_WINDOW", "risk_volatility_window", "50", 50),
 ]
 
+# The NATS names but the URL (in CONTRACT), generated from NatsSettings like the trading ones.
+NATS = [
+    ("--nats-stream", "KAIROS_NATS_STREAM", "nats_stream", "TICKS_B", "TICKS_B"),
+    ("--nats-subject-prefix", "KAIROS_NATS_SUBJECT_PREFIX", "nats_subject_prefix", "b.ticks", "b.ticks"),
+    ("--nats-durable", "KAIROS_NATS_DURABLE", "nats_durable", "persist-b", "persist-b"),
+    ("--nats-max-age", "KAIROS_NATS_MAX_AGE", "nats_max_age", "3600", 3600.0),
+    ("--nats-max-bytes", "KAIROS_NATS_MAX_BYTES", "nats_max_bytes", "1073741824", 1073741824),
+    ("--nats-replicas", "KAIROS_NATS_REPLICAS", "nats_replicas", "3", 3),
+    ("--nats-duplicate-window", "KAIROS_NATS_DUPLICATE_WINDOW", "nats_duplicate_window", "60", 60.0),
+    ("--nats-ack-wait", "KAIROS_NATS_ACK_WAIT", "nats_ack_wait", "10", 10.0),
+    ("--nats-max-ack-pending", "KAIROS_NATS_MAX_ACK_PENDING", "nats_max_ack_pending", "5000", 5000),
+    ("--nats-publish-window", "KAIROS_NATS_PUBLISH_WINDOW", "nats_publish_window", "2000", 2000),
+]
+
 PASSWORD = "hunter2"
 DATABASE_URL = f"postgresql://kairos:{PASSWORD}@db:5433/kairos"
 SHOWN_DATABASE_URL = "postgresql://kairos:***@db:5433/kairos"
 
-EVERY_NAME = CONTRACT + TRADING
+EVERY_NAME = CONTRACT + TRADING + NATS
 """Every printed name but ``migrate`` (its flag, --no-migrate, takes no value)."""
 
 
@@ -113,7 +127,7 @@ def test_the_tables_hold_every_printed_name_and_the_trading_flags_are_generated(
     assert printed == set(Settings.model_fields) - {"config"}
     trading = [name for model in (BusSettings, StrategySettings, RiskSettings) for name in model.flat_names()]
     assert [field for _, _, field, _, _ in TRADING] == trading
-    for flag, env, field, _, _ in TRADING:
+    for flag, env, field, _, _ in TRADING + NATS:
         assert setting_flags()[field] == flag
         assert env == f"KAIROS_{field.upper()}"
 

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from kairos_core.application.bus import BroadcastBus
 from kairos_core.application.consumers.persistence import PersistenceConsumer, PersistencePolicy
-from kairos_core.domain import MarketTick, TickSource
+from kairos_core.domain import GapDetected, MarketTick, TickSource
 from tests.fakes import InMemoryTickRepository
 from tests.strategies import numbered_tick
 
@@ -205,3 +205,21 @@ async def test_backfilled_ticks_are_stored_like_live_ones() -> None:
     assert [repository.rows[(t.exchange, t.symbol, t.trade_id)].source for t in history] == [
         TickSource.BACKFILL
     ] * 5
+
+
+async def test_gap_events_on_the_bus_are_not_stored() -> None:
+    repository = InMemoryTickRepository()
+    consumer = PersistenceConsumer(repository, fast())
+    bus = BroadcastBus(capacity=16)
+    task = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
+    for index, tick in enumerate(ticks(30)):
+        if index % 7 == 0:
+            bus.publish_event(
+                GapDetected(exchange=tick.exchange, symbol=tick.symbol, from_id=0, to_id=None, open_gaps=1)
+            )
+        await bus.writable()
+        bus.publish(tick)
+    bus.close()
+    await asyncio.wait_for(task, GUARD)
+    assert stored_ids(repository) == list(range(30))
+    assert consumer.stats.stored == 30

@@ -18,6 +18,10 @@ from kairos_core.adapters.outbound.paper_broker import PaperBroker
 from kairos_core.application.risk import RiskEngine, RiskLimits
 from kairos_core.domain import (
     Exchange,
+    GapDetected,
+    GapEvent,
+    GapRepaired,
+    GapUnrecoverable,
     MarketTick,
     OrderIntent,
     Position,
@@ -342,3 +346,46 @@ def test_a_position_never_exceeds_its_limit(
 
     with capture_logs():
         asyncio.run(trade())
+
+
+def gap_event(kind: type[GapEvent], open_gaps: int, symbol: str = "BTCUSDT") -> GapEvent:
+    where = {"exchange": Exchange.BINANCE, "symbol": symbol, "from_id": 5, "open_gaps": open_gaps}
+    if kind is GapDetected:
+        return GapDetected(**where, to_id=9)
+    if kind is GapRepaired:
+        return GapRepaired(**where, to_id=9, backfilled=5, seconds=0.1)
+    return GapUnrecoverable(**where, to_id=9, missing=5, reason="test")
+
+
+def test_a_symbol_is_halted_while_its_data_has_an_open_gap() -> None:
+    risk = engine()
+    risk.update_market_data(tick(100))
+    risk.update_market_data(tick(100, symbol="ETHUSDT"))
+    with capture_logs() as logs:
+        risk.update_continuity(gap_event(GapDetected, 1))
+        risk.update_continuity(gap_event(GapDetected, 2))
+        first = risk.check(intent("0.1"))
+        risk.update_continuity(gap_event(GapRepaired, 1))
+        second = risk.check(intent("0.1"))
+        other = risk.check(intent("0.1", symbol="ETHUSDT"))
+        risk.update_continuity(gap_event(GapUnrecoverable, 0))
+        after = risk.check(intent("0.1"))
+
+    assert (first.reason, second.reason) == (RiskRejection.HALTED, RiskRejection.HALTED)
+    assert "data gap" in first.detail
+    assert other == approved()
+    assert after == approved()
+    assert not risk.halted(Exchange.BINANCE, "BTCUSDT")
+    assert [(entry["event"], entry.get("reason")) for entry in logs] == [
+        ("risk.halted", "data_gap"),
+        ("risk.resumed", "data_gap_closed"),
+    ]
+
+
+def test_a_lost_gap_event_is_set_right_by_the_next() -> None:
+    risk = engine()
+    risk.update_market_data(tick(100))
+    risk.update_continuity(gap_event(GapRepaired, 1))  # its GapDetected was lost (a lagging reader)
+    assert risk.halted(Exchange.BINANCE, "BTCUSDT")
+    risk.update_continuity(gap_event(GapRepaired, 0))
+    assert risk.check(intent("0.1")) == approved()

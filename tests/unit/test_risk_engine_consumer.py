@@ -22,8 +22,11 @@ from kairos_core.application.consumers.strategy_engine import StrategyEngine
 from kairos_core.application.risk import RiskEngine, RiskLimits
 from kairos_core.application.strategies import MovingAverageCrossover, MovingAverageCrossoverParams
 from kairos_core.domain import (
+    BusItem,
     Exchange,
     Fill,
+    GapDetected,
+    GapRepaired,
     MarketTick,
     OrderIntent,
     Position,
@@ -398,3 +401,32 @@ async def test_an_intent_still_waiting_when_the_bus_closes_is_decided_against_th
     assert events(logs) == ["order.origin_unseen", "paper.filled", "order.filled"]
     assert outcomes(logs) == [("BTCUSDT", Side.BUY, "0.1", None, "filled at 100")]
     assert trading.risk_consumer.pending == 0
+
+
+@pytest.mark.parametrize(
+    ("strategy_first", "batch"), [p.values for p in SCHEDULES], ids=[p.id for p in SCHEDULES]
+)
+async def test_an_intent_on_a_tick_after_a_gap_was_detected_waits_out_the_repair(
+    strategy_first: bool, batch: int
+) -> None:
+    trading = pipeline(ScriptedStrategy({1: {}, 2: {}, 3: {}}))
+    ticks = ticks_at(["100", "100", "100", "100"])
+    where = {"exchange": Exchange.BINANCE, "symbol": "BTCUSDT", "from_id": 1, "to_id": 1}
+    items: list[BusItem] = [
+        ticks[0],
+        GapDetected(**where, open_gaps=1),  # revealed by the next tick, and put before it
+        ticks[2],
+        ticks[1]._replace(source=TickSource.BACKFILL),
+        GapRepaired(**where, backfilled=1, seconds=0.01, open_gaps=0),
+        ticks[3],
+    ]
+
+    logs = await read_together(
+        trading.consumers(strategy_first=strategy_first), items, repeat(batch) if batch else ()
+    )
+
+    assert [result for *_, result in outcomes(logs)] == ["halted", "filled at 100"]
+    assert [(e, entry.get("reason")) for entry in logs if (e := entry["event"]).startswith("risk.")] == [
+        ("risk.halted", "data_gap"),
+        ("risk.resumed", "data_gap_closed"),
+    ]

@@ -1,5 +1,9 @@
 """The broadcast bus between feeds and consumers, with tokio ``broadcast`` semantics.
 
+Besides ticks it carries the gap guards' continuity events (``GapEvent``), in order with the
+ticks, so every subscriber receives ``BusItem``s and tells them apart by type; an event counts as
+one item in every bound below.
+
 Ordinary subscribers share one ring of ``capacity`` slots: ``publish`` writes a slot and never
 waits, every subscriber reads every tick in order, and one that falls more than ``capacity``
 behind loses the oldest ticks and learns how many from ``Lagged``. Lossless subscribers
@@ -14,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import cast
 
-from kairos_core.domain import BusClosed, Lagged, MarketTick
+from kairos_core.application.latency import RECEIPT_TO_CONSUMER_BOUNDS, LatencyHistogram, sample_mask
+from kairos_core.domain import BusClosed, BusItem, GapEvent, Lagged, MarketTick
 
 DEFAULT_CAPACITY = 1000
 
@@ -47,7 +53,7 @@ class Subscription:
     for`` ends at close; a ``Lagged`` propagates, and iterating again resumes.
     """
 
-    __slots__ = ("_bus", "_detached", "_lost", "_next", "name", "received")
+    __slots__ = ("_bus", "_detached", "_lost", "_mask", "_next", "latency", "name", "received")
 
     def __init__(self, bus: BroadcastBus, name: str) -> None:
         self._bus = bus
@@ -56,13 +62,16 @@ class Subscription:
         self._detached = False
         self.name = name
         self.received = 0
+        self._mask = bus._sample_mask
+        self.latency = None if self._mask == -1 else LatencyHistogram(RECEIPT_TO_CONSUMER_BOUNDS)
+        """A tick's receipt to this subscriber reading it, every ``sample_every``-th item."""
 
     @property
     def lossless(self) -> bool:
         return False
 
-    def try_recv(self) -> MarketTick | None:
-        """The next tick if one is ready, else None; raises ``Lagged`` or ``BusClosed``."""
+    def try_recv(self) -> BusItem | None:
+        """The next item if one is ready, else None; raises ``Lagged`` or ``BusClosed``."""
         if self._detached:
             raise BusClosed()
         bus = self._bus
@@ -77,13 +86,20 @@ class Subscription:
                 raise Lagged(missed)
             self._next = position + 1
             self.received += 1
-            return bus._ring[position % bus._capacity]
+            if position & self._mask:  # one AND a read; every N-th position is timed
+                return bus._ring[position % bus._capacity]
+            return self._sampled(bus._ring[position % bus._capacity])
         if bus._closed:
             raise BusClosed()
         return None
 
-    async def recv(self) -> MarketTick:
-        """Wait for the next tick."""
+    def _sampled(self, item: BusItem) -> BusItem:
+        if self.latency is not None and type(item) is MarketTick:
+            self.latency.observe_ns(time.time_ns() - item.received_at_ns)
+        return item
+
+    async def recv(self) -> BusItem:
+        """Wait for the next item."""
         while (tick := self.try_recv()) is None:
             await self._bus._wait_for_publish()
         return tick
@@ -109,7 +125,7 @@ class Subscription:
     def __aiter__(self) -> Subscription:
         return self
 
-    async def __anext__(self) -> MarketTick:
+    async def __anext__(self) -> BusItem:
         try:
             return await self.recv()
         except BusClosed:
@@ -123,13 +139,13 @@ class LosslessSubscription(Subscription):
 
     def __init__(self, bus: BroadcastBus, name: str) -> None:
         super().__init__(bus, name)
-        self._queue: deque[MarketTick] = deque()
+        self._queue: deque[BusItem] = deque()
 
     @property
     def lossless(self) -> bool:
         return True
 
-    def try_recv(self) -> MarketTick | None:
+    def try_recv(self) -> BusItem | None:
         if self._detached:
             raise BusClosed()
         queue = self._queue
@@ -138,7 +154,9 @@ class LosslessSubscription(Subscription):
             self.received += 1
             if len(queue) <= self._bus._resume_depth:
                 self._bus._release(self)
-            return tick
+            if self.received & self._mask:
+                return tick
+            return self._sampled(tick)
         if self._bus._closed:
             raise BusClosed()
         return None
@@ -151,15 +169,20 @@ class LosslessSubscription(Subscription):
 
 
 class BroadcastBus:
-    """Bounded broadcast of ticks from feeds to every subscriber; implements ``TickSink``."""
+    """Bounded broadcast of ticks from feeds to every subscriber; implements ``TickSink``.
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+    With ``sample_every`` N (a power of two; 0 is off) each subscriber times every N-th item it
+    reads from the tick's receipt (its ``latency`` histogram).
+    """
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, *, sample_every: int = 0) -> None:
         if capacity < 1:
             raise ValueError(f"bus capacity must be at least 1, got {capacity}")
         self._capacity = capacity
+        self._sample_mask = sample_mask(sample_every)
         self._resume_depth = capacity // 2
         # Slots are read only after they were written (position >= seq - capacity).
-        self._ring = cast("list[MarketTick]", [None] * capacity)
+        self._ring = cast("list[BusItem]", [None] * capacity)
         self._seq = 0
         self._closed = False
         self._subscribers: list[Subscription] = []
@@ -191,7 +214,7 @@ class BroadcastBus:
             self._lossless.append(subscription)
         return subscription
 
-    def publish(self, tick: MarketTick) -> None:
+    def publish(self, tick: BusItem) -> None:
         """Hand ``tick`` to every subscriber; never waits, never drops for a lossless one."""
         if self._closed:
             raise BusClosed()
@@ -206,6 +229,10 @@ class BroadcastBus:
         if self._readers:
             _wake(self._readers)
 
+    def publish_event(self, event: GapEvent) -> None:
+        """Hand ``event`` to every subscriber, after every tick published before it."""
+        self.publish(event)
+
     async def writable(self) -> None:
         """Return once no lossless subscriber is full (at once if none is, or the bus is closed)."""
         while self._saturated and not self._closed:
@@ -219,6 +246,10 @@ class BroadcastBus:
 
     def stats(self) -> list[SubscriberStats]:
         return [subscription.stats() for subscription in self._subscribers]
+
+    def latency(self) -> dict[str, LatencyHistogram]:
+        """Each subscriber's receipt-to-read histogram, while sampling is on."""
+        return {s.name: s.latency for s in self._subscribers if s.latency is not None}
 
     async def _wait_for_publish(self) -> None:
         await _wait_in(self._readers)

@@ -14,6 +14,8 @@ import structlog
 
 from kairos_core.domain import (
     Exchange,
+    GapDetected,
+    GapEvent,
     MarketTick,
     OrderIntent,
     PositionBook,
@@ -86,8 +88,10 @@ class RiskEngine:
     """Approves or rejects intents; fed every live tick through ``update_market_data``.
 
     Checks run cheapest and most fundamental first, and the first failure is the reason: no market
-    data, stale data, halted, price band, order notional, position limit. The circuit breaker
-    runs on trade time, so a replayed sequence halts and resumes at the same ticks; staleness is
+    data, stale data, halted, price band, order notional, position limit. A symbol is halted while
+    its circuit breaker is tripped and while its data has an open gap (``update_continuity``): an
+    order priced on a market with trades missing is priced blind. The circuit breaker runs on
+    trade time, so a replayed sequence halts and resumes at the same ticks; staleness is
     measured on receipt time against ``clock`` (epoch nanoseconds, like ``received_at_ns``).
     """
 
@@ -102,6 +106,7 @@ class RiskEngine:
         self._positions = positions
         self._clock = clock
         self._markets: dict[tuple[Exchange, str], _Market] = {}
+        self._open_gaps: dict[tuple[Exchange, str], int] = {}
         self._stale_ns = int(limits.stale_after_s * 1e9)
         self._window_ms = max(1, int(limits.breaker_window_s * 1000))
         self._cooldown_ms = int(limits.breaker_cooldown_s * 1000)
@@ -124,6 +129,25 @@ class RiskEngine:
             log.info("risk.resumed", exchange=tick.exchange, symbol=tick.symbol, price=str(price))
         self._watch_moves(tick, market)
 
+    def update_continuity(self, event: GapEvent) -> None:
+        """Halt the event's symbol while its data has an open gap, resume once none is open."""
+        key = (event.exchange, event.symbol)
+        was_open = key in self._open_gaps
+        if event.open_gaps:
+            self._open_gaps[key] = event.open_gaps
+        else:
+            self._open_gaps.pop(key, None)
+        if not was_open and event.open_gaps:
+            log.warning(
+                "risk.halted",
+                exchange=event.exchange,
+                symbol=event.symbol,
+                reason="data_gap",
+                from_id=event.from_id if isinstance(event, GapDetected) else None,
+            )
+        elif was_open and not event.open_gaps:
+            log.info("risk.resumed", exchange=event.exchange, symbol=event.symbol, reason="data_gap_closed")
+
     def check(self, intent: OrderIntent) -> RiskDecision:
         limits = self.limits
         market = self._markets.get((intent.exchange, intent.symbol))
@@ -134,6 +158,11 @@ class RiskEngine:
             return RiskDecision.reject(
                 RiskRejection.STALE_DATA,
                 f"last tick {age_ns / 1e9:.3f} s old, limit {limits.stale_after_s}",
+            )
+        gaps = self._open_gaps.get((intent.exchange, intent.symbol))
+        if gaps:
+            return RiskDecision.reject(
+                RiskRejection.HALTED, f"data gap: {gaps} gap(s) in the symbol's trades still being repaired"
             )
         if market.halted_until_ms is not None:
             until = datetime_from_ms(market.halted_until_ms).isoformat()
@@ -171,8 +200,10 @@ class RiskEngine:
         )
 
     def halted(self, exchange: Exchange, symbol: str) -> bool:
+        """By the circuit breaker or by an open data gap."""
         market = self._markets.get((exchange, symbol))
-        return market is not None and market.halted_until_ms is not None
+        tripped = market is not None and market.halted_until_ms is not None
+        return tripped or (exchange, symbol) in self._open_gaps
 
     @staticmethod
     def _volatility(market: _Market) -> float | None:

@@ -17,9 +17,11 @@ from kairos_core.settings import (
     BusSettings,
     LogFormat,
     LogLevel,
+    NatsSettings,
     RiskSettings,
     Settings,
     StrategySettings,
+    _Concern,
 )
 
 # Run options that are not settings: they shape one run, not the service's configuration.
@@ -36,7 +38,37 @@ RUN_ONLY = (
     "bench",
     "count",
     "send_log",
+    "dashboard",
+    *(
+        "trades",
+        "expected_file",
+        "drop_every",
+        "drop_random",
+        "withhold_every",
+        "garbage_every",
+        "oversize_every",
+        "duplicate_every",
+        "rest_429_every",
+    ),  # the simulator's planned run and faults (_add_fault_options)
 )
+
+
+ROLES = (
+    (
+        "ingest",
+        "stream the exchanges into NATS JetStream (--nats-url), no database",
+        "An ingest node: feeds -> gap repair -> bus -> NATS. Several split the symbols between them "
+        "(--symbols per node); on start each reads the last tick of its symbols from the stream and "
+        "repairs what it missed from the exchange's REST history.",
+    ),
+    (
+        "persist",
+        "store the ticks of NATS JetStream (--nats-url) into PostgreSQL",
+        "A persist node: the shared durable consumer (--nats-durable) -> PostgreSQL, each batch "
+        "acknowledged after its commit. Several share the work and take over a dead one's batches.",
+    ),
+)
+"""The scale-out roles: ``(command, help, description)``; docs/scaling.md tells the whole story."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -109,11 +141,26 @@ def _run_options() -> OneLineParser:
     add("--okx-url", dest="okx_ws_url", metavar="URL", help=f"[KAIROS_OKX_WS_URL; {DEFAULT_OKX_WS_URL}]")
     add("--okx-rest-url", metavar="URL", help=f"[KAIROS_OKX_REST_URL; {DEFAULT_OKX_REST_URL}]")
     add(
+        "--max-frame-bytes",
+        type=_positive_int,
+        metavar="BYTES",
+        help="largest WebSocket message a feed reads, 65536 to 1073741824; a larger one closes the "
+        "connection unread (code 1009) and is counted as an oversize reject "
+        "[KAIROS_MAX_FRAME_BYTES; default 1048576]",
+    )
+    add(
         "--backfill-max",
         type=_non_negative_int,
         metavar="N",
         help="largest gap of trade ids repaired from the venue's history; past it the gap is "
         "logged as unrecoverable [KAIROS_BACKFILL_MAX; default 1000000]",
+    )
+    add(
+        "--backfill-max-age",
+        type=_positive("seconds"),
+        metavar="SECONDS",
+        help="on start, a symbol whose last stored trade is older than this is not backfilled; the "
+        "hole is logged as unrecoverable [KAIROS_BACKFILL_MAX_AGE; default 86400]",
     )
     add(
         "--database-url",
@@ -151,9 +198,37 @@ def _run_options() -> OneLineParser:
         help="ticks held while the database is down before the feeds pause "
         "[KAIROS_PERSIST_BUFFER_LIMIT; default 1000000]",
     )
-    add("--nats-url", metavar="URL", help="[KAIROS_NATS_URL; default none]")
-    add("--metrics-port", type=int, metavar="PORT", help="[KAIROS_METRICS_PORT; default off]")
+    add(
+        "--nats-url",
+        metavar="URL",
+        help="NATS server(s), a comma list: with it the service also publishes every tick there; "
+        "ingest and persist need it [KAIROS_NATS_URL; default none]",
+    )
+    add(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics, /healthz and /readyz on this port [KAIROS_METRICS_PORT; default off]",
+    )
     add("--metrics-host", metavar="HOST", help="[KAIROS_METRICS_HOST; default 127.0.0.1]")
+    add(
+        "--metrics-sample-every",
+        metavar="N",
+        help="latency histograms time 1 tick in N, a power of two; 0 is off "
+        "[KAIROS_METRICS_SAMPLE_EVERY; default 64]",
+    )
+    add(
+        "--metrics-stale-after",
+        metavar="SECONDS",
+        help="a symbol without a tick this long is reported stale (not unready) "
+        "[KAIROS_METRICS_STALE_AFTER; default 300]",
+    )
+    add(
+        "--dashboard",
+        action="store_true",
+        help="a live status table on the terminal; logs go to DATA_DIR/kairos.log meanwhile "
+        "(plain logs when stdout is not a terminal)",
+    )
     add(
         "--log-format",
         choices=[f.value for f in LogFormat],
@@ -168,16 +243,21 @@ def _run_options() -> OneLineParser:
         help="stop cleanly after this many seconds",
     )
     add("--max-ticks", type=_positive_int, metavar="N", help="stop cleanly after exactly N ticks received")
-    _add_trading_options(options)
+    _add_setting_options(options, "bus, strategy and risk", (BusSettings, StrategySettings, RiskSettings))
+    _add_setting_options(options, "NATS JetStream (ingest and persist)", (NatsSettings,), skip={"nats_url"})
     return options
 
 
-def _add_trading_options(options: OneLineParser) -> None:
-    """One flag per bus, strategy and risk setting, named after it; pydantic validates the value."""
-    group = options.add_argument_group("bus, strategy and risk (values are checked as settings)")
+def _add_setting_options(
+    options: OneLineParser, title: str, concerns: tuple[type[_Concern], ...], skip: set[str] | None = None
+) -> None:
+    """One flag per setting of ``concerns``, named after it; pydantic validates the value."""
+    group = options.add_argument_group(f"{title} (values are checked as settings)")
     defaults = Settings.model_fields
-    for concern in (BusSettings, StrategySettings, RiskSettings):
+    for concern in concerns:
         for name in concern.flat_names():
+            if skip and name in skip:
+                continue
             field = defaults[name]
             shown = field.default.value if isinstance(field.default, StrEnum) else field.default
             choices = (
@@ -219,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         argument_default=argparse.SUPPRESS,
     )
+    for role, summary, description in ROLES:
+        commands.add_parser(
+            role,
+            parents=[run_options],
+            help=summary,
+            description=description,
+            argument_default=argparse.SUPPRESS,
+        )
     commands.add_parser(
         "config",
         parents=[run_options],
@@ -273,7 +361,46 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --bench --rate: write symbol,trade_id,send_ns per frame",
     )
+    _add_fault_options(simulate)
     return parser
+
+
+def _add_fault_options(simulate: argparse.ArgumentParser) -> None:
+    """The Binance simulator's planned run and the faults it sends on purpose (for tests); absent
+    from the run options unless given."""
+    group = simulate.add_argument_group("planned run and faults (Binance random walk only)")
+    add = group.add_argument
+    add(
+        "--trades",
+        type=_positive_int,
+        metavar="N",
+        help="make exactly N trades from the first client's connection on, then stop producing",
+    )
+    add(
+        "--expected-file",
+        type=Path,
+        metavar="FILE",
+        help="with --trades: write every planned trade (binance,SYMBOL,id lines) here before listening",
+    )
+    add(
+        "--drop-every",
+        type=_positive("seconds"),
+        metavar="SECONDS",
+        help="cut every client connection this often; trades made meanwhile go out on no socket",
+    )
+    add(
+        "--drop-random",
+        action="store_true",
+        help="with --drop-every: at random intervals of that mean instead",
+    )
+    for name, what in (
+        ("withhold", "keep every K-th trade of each symbol off the sockets (REST still has it)"),
+        ("garbage", "send a broken frame after every K-th trade (kinds take turns)"),
+        ("oversize", "send a 1.5 MiB frame after every K-th trade (past a client's 1 MiB limit)"),
+        ("duplicate", "send every K-th trade twice"),
+        ("rest-429", "answer every K-th REST request 429 with Retry-After: 1"),
+    ):
+        add(f"--{name}-every", type=_positive_int, metavar="K", help=what)
 
 
 def setting_flags() -> dict[str, str]:

@@ -13,8 +13,11 @@ from kairos_core.domain.errors import (
     Lagged,
     RejectReason,
 )
+from kairos_core.domain.gaps import BusItem, GapDetected, GapEvent, GapRepaired, GapUnrecoverable
+from kairos_core.domain.messaging import TickBatch, TickBatchSource, TickPublisher
 from kairos_core.domain.model import Exchange, MarketTick, Side, TickSource
 from kairos_core.domain.ports import (
+    MarketDataSink,
     MarketFeedPort,
     OrderExecutionPort,
     PositionBook,
@@ -28,6 +31,7 @@ from kairos_core.domain.trading import Fill, OrderIntent, OrderType, Position, R
 __all__ = [
     "BusClosed",
     "BusError",
+    "BusItem",
     "ConfigurationError",
     "Exchange",
     "FeedDisconnected",
@@ -35,9 +39,14 @@ __all__ = [
     "FeedRefused",
     "Fill",
     "FrameRejected",
+    "GapDetected",
+    "GapEvent",
+    "GapRepaired",
+    "GapUnrecoverable",
     "HistoryUnavailable",
     "KairosError",
     "Lagged",
+    "MarketDataSink",
     "MarketFeedPort",
     "MarketTick",
     "OrderExecutionPort",
@@ -50,6 +59,9 @@ __all__ = [
     "RiskRejection",
     "Side",
     "Strategy",
+    "TickBatch",
+    "TickBatchSource",
+    "TickPublisher",
     "TickRepository",
     "TickSink",
     "TickSource",

@@ -25,15 +25,23 @@ class RejectReason(StrEnum):
     """Why a frame was rejected; a label for counters and logs."""
 
     JSON = "json"
-    """Not JSON (or not UTF-8)."""
+    """Not JSON: malformed or cut short, not UTF-8, or nested deeper than the decoder goes."""
     SCHEMA = "schema"
     """JSON, but not the shape of any known message (missing fields, not an object)."""
     TYPE = "type"
     """A known field carries the wrong JSON type."""
     VALUE = "value"
-    """A field has the right type but an impossible value (negative price, NaN, time out of range)."""
+    """A field has the right type but an impossible value (a zero, negative, NaN or absurdly large
+    price, a time out of range, a string longer than any the venue sends)."""
     UNKNOWN_EVENT = "unknown_event"
-    """A well-formed event of a kind this adapter does not consume (depth, kline, ...)."""
+    """A well-formed event of a kind this adapter does not consume (depth, kline, ...); its name is
+    in the log, never a counter's key."""
+    UNKNOWN_SYMBOL = "unknown_symbol"
+    """A trade of a symbol the feed did not subscribe to: a confused or hostile venue must not grow
+    per-symbol state downstream."""
+    OVERSIZE = "oversize"
+    """Larger than ``max_frame_bytes``: the client closed the connection (code 1009) without reading
+    it, and the feed reconnected."""
 
 
 EXCERPT_LIMIT = 200
@@ -47,8 +55,8 @@ class FrameRejected(KairosError):
             excerpt = excerpt[: EXCERPT_LIMIT * 4].decode("utf-8", errors="replace")
         self.reason = reason
         self.excerpt = excerpt[:EXCERPT_LIMIT]
-        self.detail = detail
-        super().__init__(f"frame rejected ({reason}): {detail or 'see excerpt'}: {self.excerpt!r}")
+        self.detail = detail[:EXCERPT_LIMIT]  # it may quote the frame (an unknown event's name)
+        super().__init__(f"frame rejected ({reason}): {self.detail or 'see excerpt'}: {self.excerpt!r}")
 
 
 class ConfigurationError(KairosError):

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from kairos_core.domain.gaps import GapEvent
 from kairos_core.domain.model import Exchange, MarketTick
 from kairos_core.domain.trading import Fill, OrderIntent, Position
 
@@ -21,6 +22,14 @@ class TickSink(Protocol):
     def publish(self, tick: MarketTick) -> None: ...
 
     async def writable(self) -> None: ...
+
+
+class MarketDataSink(TickSink, Protocol):
+    """The bus as the gap guard sees it: ticks, and the continuity events that go between them."""
+
+    def publish_event(self, event: GapEvent) -> None:
+        """Put ``event`` on the bus after every tick published before it; never waits."""
+        ...
 
 
 class MarketFeedPort(Protocol):
@@ -54,6 +63,13 @@ class TradeHistoryPort(Protocol):
     @property
     def exchange(self) -> Exchange: ...
 
+    @property
+    def spans_fills(self) -> bool:
+        """True where one live tick covers the history's ids ``first_trade_id``..``trade_id``
+        (OKX aggregates fills in a push; its history lists each fill); False where a live tick's
+        ``trade_id`` alone is the history's id (Binance aggregate trades)."""
+        ...
+
     def trades(self, symbol: str, from_id: int, to_id: int | None = None) -> AsyncIterator[list[MarketTick]]:
         """Pages of ``symbol``'s trades from ``from_id`` to ``to_id`` (see the class)."""
         ...
@@ -72,6 +88,10 @@ class TickRepository(Protocol):
 
     async def last_trade_id(self, exchange: Exchange, symbol: str) -> int | None:
         """The highest stored trade id of a symbol, or None if none is stored."""
+        ...
+
+    async def latest_tick(self, exchange: Exchange, symbol: str) -> MarketTick | None:
+        """The stored tick with the highest trade id of a symbol, or None if none is stored."""
         ...
 
     async def ticks_between(

@@ -25,7 +25,8 @@ class RiskRejection(StrEnum):
     """No live tick was ever seen for the symbol, so nothing can price the order."""
     STALE_DATA = "stale_data"
     HALTED = "halted"
-    """The symbol's circuit breaker tripped and its cool-down has not passed."""
+    """The symbol's circuit breaker tripped and its cool-down has not passed, or its data has an
+    open gap (trades missing from the stream, being repaired)."""
     PRICE_BAND = "price_band"
     ORDER_NOTIONAL = "order_notional"
     POSITION_LIMIT = "position_limit"

@@ -4,34 +4,33 @@
 ``{"stream":...,"data":...}``; either may open bare and change its streams with live requests
 (``subscriptions.py``). Clients are pinged every ``ping_interval`` seconds and dropped after a
 minute without a pong, as Binance does.
-Trades come from a seeded random walk at ``rate`` frames per second (spread over the symbols) or
-from a recording, replayed once from the moment the first client connects. Aggregate ids start
+Trades come from a seeded random walk at ``rate`` frames per second (spread over the symbols),
+endless or a planned run of ``trades`` (its ids written to ``expected_file`` first), or from a
+recording, replayed once from the moment the first client connects. Aggregate ids start
 from a wall-clock base (microseconds since the epoch) so they keep rising across restarts, as a
 real exchange's do; ``id_base`` pins them for tests.
-Every trade produced is kept (the newest ``history`` per symbol) and served by
-``GET /api/v3/aggTrades`` as Binance's REST answers it: only trades that have happened, ascending.
-REST answers carry ``X-MBX-USED-WEIGHT-1M``; past ``weight_limit`` per ``weight_window`` seconds
-they are 429 with ``Retry-After``, as Binance's are.
+Every trade produced is kept (the newest ``history`` per symbol, the whole of a planned run) and
+served by ``GET /api/v3/aggTrades`` as Binance's REST answers it: only trades that have happened,
+ascending. REST answers carry ``X-MBX-USED-WEIGHT-1M``; past ``weight_limit`` per
+``weight_window`` seconds they are 429 with ``Retry-After``, as Binance's are.
 Test hooks: ``inject`` sends any frame, ``drop_connections`` cuts every client,
-``handshake_status`` answers every stream handshake with that HTTP status instead,
-``refuse_rest`` answers the next REST requests 429 or 418 with ``Retry-After``, and
-``withhold_every`` keeps every k-th trade of a symbol off the sockets (still in the history).
+``handshake_status`` answers every stream handshake with that HTTP status instead, and
+``refuse_rest`` answers the next REST requests 429 or 418 with ``Retry-After``. Faults on a
+schedule (drops, withheld, duplicated, garbage and oversize frames, REST 429s): see
+``BinanceSimulator`` and ``faults.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import itertools
-import math
+import os
 import random
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from http import HTTPStatus
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -44,10 +43,16 @@ from websockets.http11 import Request, Response
 
 from kairos_core.adapters.inbound.feed_handler.binance_wire import (
     encode_agg_trade,
-    encode_agg_trades,
-    parse_frame,
 )
 from kairos_core.domain import Exchange, MarketTick, Side
+from kairos_core.simulator.binance_rest import REST_PATHS, BinanceRest, TradeHistory
+from kairos_core.simulator.faults import (
+    OVERSIZE_BYTES,
+    drop_intervals,
+    garbage_frame,
+    oversize_frame,
+    positive,
+)
 from kairos_core.simulator.recordings import recorded_agg_trades
 from kairos_core.simulator.subscriptions import Subscriptions
 from kairos_core.simulator.venue import Pacer, SimulatedVenue
@@ -57,33 +62,14 @@ log = structlog.get_logger(__name__)
 _PRICE_STEP = Decimal("0.01")
 _QUANTITY_STEP = Decimal("0.00000001")
 _STARTING_PRICES = {"btcusdt": 60_000, "ethusdt": 3_000, "bnbusdt": 500, "solusdt": 150}
-_INVALID_SYMBOL = msgspec.json.encode({"code": -1121, "msg": "Invalid symbol."}).decode()
 _PONG_TIMEOUT = 60.0  # Binance drops a connection that has not answered a ping within a minute
-_EXCHANGE_INFO, _AGG_TRADES = "/api/v3/exchangeInfo", "/api/v3/aggTrades"
-_REST_WEIGHTS = {_EXCHANGE_INFO: 20, _AGG_TRADES: 4}  # request weights in Binance's spot REST docs
-_AGG_TRADES_LIMIT = 500, 1000  # default and maximum ``limit``
-_THROTTLED = {
-    HTTPStatus.TOO_MANY_REQUESTS: "Too much request weight used; current limit is {limit} request weight "
-    "per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.",
-    HTTPStatus.IM_A_TEAPOT: "Way too much request weight used; IP banned until {until}. "
-    "Please use WebSocket Streams for live updates to avoid bans.",
-}  # Binance's -1003 messages
 
 
 class _Envelope(msgspec.Struct):
     data: msgspec.Raw
 
 
-class _AggregateId(msgspec.Struct):
-    a: int
-
-
-class _IdOfFrame(msgspec.Struct):
-    data: _AggregateId
-
-
 _envelope = msgspec.json.Decoder(_Envelope)
-_id_of_frame = msgspec.json.Decoder(_IdOfFrame)
 
 
 def _data_of(combined_frame: bytes) -> bytes:
@@ -100,7 +86,9 @@ class _RandomWalk:
         self._cents = {s: _STARTING_PRICES.get(s, 100) * 100 for s in self._symbols}
         self._next_id = dict.fromkeys(self._symbols, id_base)
 
-    def frames(self) -> Iterator[tuple[str, bytes]]:
+    def _steps(self) -> Iterator[tuple[str, int, int, int, int, bool]]:
+        """Every random draw of a trade, in order: symbol, id, price in cents, trades in the
+        aggregate, quantity in units of 1e-8, taker sold."""
         rng = self._rng
         while True:
             symbol = rng.choice(self._symbols)
@@ -109,13 +97,24 @@ class _RandomWalk:
             trade_id = self._next_id[symbol]
             self._next_id[symbol] = trade_id + 1
             trades_in_aggregate = rng.choice((1, 1, 1, 2, 3))
+            yield symbol, trade_id, cents, trades_in_aggregate, rng.randint(1, 50_000_000), rng.random() < 0.5
+
+    def trades_per_symbol(self, count: int) -> dict[str, int]:
+        """How many of the next ``count`` trades each symbol gets (what ``frames`` would make)."""
+        made = dict.fromkeys(self._symbols, 0)
+        for symbol, *_ in itertools.islice(self._steps(), count):
+            made[symbol] += 1
+        return made
+
+    def frames(self) -> Iterator[tuple[str, bytes]]:
+        for symbol, trade_id, cents, trades_in_aggregate, units, sold in self._steps():
             now_ms = time.time_ns() // 1_000_000
             tick = MarketTick(
                 symbol=symbol.upper(),
                 exchange=Exchange.BINANCE,
                 price=(Decimal(cents) * _PRICE_STEP).quantize(_QUANTITY_STEP),
-                volume=(Decimal(rng.randint(1, 50_000_000)) * _QUANTITY_STEP).quantize(_QUANTITY_STEP),
-                side=Side.SELL if rng.random() < 0.5 else Side.BUY,
+                volume=(Decimal(units) * _QUANTITY_STEP).quantize(_QUANTITY_STEP),
+                side=Side.SELL if sold else Side.BUY,
                 trade_id=trade_id,
                 first_trade_id=trade_id * 4,
                 last_trade_id=trade_id * 4 + trades_in_aggregate - 1,
@@ -126,55 +125,26 @@ class _RandomWalk:
             yield symbol, encode_agg_trade(tick)
 
 
-class _TradeHistory:
-    """The combined frames produced so far, the newest ``size`` per symbol, by ascending id."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._trades: dict[str, deque[tuple[int, bytes]]] = {}
-
-    def record(self, symbol: str, frame: bytes) -> None:
-        trades = self._trades.get(symbol)
-        if trades is None:
-            trades = self._trades[symbol] = deque(maxlen=self._size)
-        trades.append((_id_of_frame.decode(frame).data.a, frame))
-
-    def answer(self, symbol: str, from_id: int | None, limit: int) -> bytes:
-        """Binance's aggTrades answer: ``limit`` trades from ``from_id`` on, or the newest ``limit``."""
-        trades = self._trades.get(symbol, deque())
-        if from_id is None:
-            start = max(0, len(trades) - limit)
-        else:
-            start = bisect.bisect_left(trades, from_id, key=itemgetter(0))
-        parsed = (parse_frame(frame) for _, frame in itertools.islice(trades, start, start + limit))
-        return encode_agg_trades(tick for tick in parsed if isinstance(tick, MarketTick))  # all are
-
-
-class _WeightMeter:
-    """Request weight used in the current window, counted as Binance counts an IP's per minute."""
-
-    def __init__(self, window: float) -> None:
-        self._window = window
-        self._current = -1
-        self.used = 0
-
-    def charge(self, weight: int) -> int:
-        current = int(time.time() // self._window)
-        if current != self._current:
-            self._current, self.used = current, 0
-        self.used += weight
-        return self.used
-
-    def seconds_left(self) -> int:
-        return math.ceil(self._window - time.time() % self._window)
-
-
 class BinanceSimulator(SimulatedVenue[Subscriptions]):
     """Serves ``/ws/<symbol>@aggTrade``, ``/stream?streams=...``, ``GET /api/v3/exchangeInfo`` and
     ``GET /api/v3/aggTrades``.
 
-    ``ping_interval=None`` turns the server's pings off. Beyond ``SimulatedVenue``'s counters:
-    ``rest_requests``, ``rest_refused`` (answered 429/418) and ``trades_withheld``.
+    ``ping_interval=None`` turns the server's pings off.
+
+    A planned run (``trades=N``) makes exactly N trades of the random walk, from the moment the
+    first client connects, then stops producing and goes on serving; ``expected_file`` receives
+    every one of them (``binance,BTCUSDT,<id>`` lines, as ``market_ticks`` stores them) before the
+    server listens. A finite run stands in for an endless market, whose next trade would reveal a
+    gap: the last trade of each symbol is never withheld.
+
+    Faults (each a counter in ``stats()``): ``drop_every`` seconds every client is cut (at random
+    intervals of that mean with ``drop_random``); the trades made while nobody is connected (or
+    subscribed to their symbol) go out on no socket (``trades_unsent``), only into the history.
+    After every ``garbage_every``-th trade a broken frame (``faults.Garbage``, the kinds taking
+    turns), after every ``oversize_every``-th one a frame of ``oversize_bytes``; every
+    ``duplicate_every``-th trade is sent twice; every ``rest_429_every``-th REST request is
+    answered 429 with ``Retry-After: 1``. Those count the trades made over all symbols;
+    ``withhold_every`` keeps every k-th trade of each symbol off the sockets.
     """
 
     def __init__(
@@ -191,19 +161,55 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         withhold_every: int | None = None,
         weight_limit: int = 6000,
         weight_window: float = 60.0,
+        trades: int | None = None,
+        expected_file: Path | None = None,
+        drop_every: float | None = None,
+        drop_random: bool = False,
+        garbage_every: int | None = None,
+        oversize_every: int | None = None,
+        oversize_bytes: int = OVERSIZE_BYTES,
+        duplicate_every: int | None = None,
+        rest_429_every: int | None = None,
     ) -> None:
         super().__init__(rate=rate, handshake_status=handshake_status)
+        for name, value in (
+            ("trades", trades),
+            ("drop_every", drop_every),
+            ("withhold_every", withhold_every),
+            ("garbage_every", garbage_every),
+            ("oversize_every", oversize_every),
+            ("duplicate_every", duplicate_every),
+            ("rest_429_every", rest_429_every),
+        ):
+            positive(name, value)
+        if (trades is not None or expected_file is not None) and replay is not None:
+            raise ValueError("trades and expected_file plan a random walk, not a replay")
+        if expected_file is not None and trades is None:
+            raise ValueError("expected_file needs a planned run: give trades too")
         self.ping_interval = ping_interval
-        self._history = _TradeHistory(history)
+        self._history = TradeHistory(max(history, trades or 0))
         self.withhold_every = withhold_every
         """Keep every k-th trade of each symbol (counted while this is set) off the sockets."""
         self._since_withheld: dict[str, int] = {}
-        self.weight_limit = weight_limit
-        self._weight = _WeightMeter(weight_window)
-        self._refusals: deque[tuple[HTTPStatus, int]] = deque()
-        self.rest_requests = 0
-        self.rest_refused = 0
+        self.drop_every = drop_every
+        self.drop_random = drop_random
+        self.garbage_every = garbage_every
+        self.oversize_every = oversize_every
+        self.duplicate_every = duplicate_every
+        self._oversize = oversize_frame(oversize_bytes)
+        self._fault_rng = random.Random(seed)  # apart from the walk's: faults never change the trades
         self.trades_withheld = 0
+        self.trades_made = 0
+        self.trades_unsent = 0
+        self.drops = 0
+        self.garbage_sent = 0
+        self.oversize_sent = 0
+        self.duplicates_sent = 0
+        self.trades = trades
+        self.finished = asyncio.Event()
+        """Set once a planned run (or a replay) has made its last trade."""
+        self._expected_file = expected_file
+        self._plan: dict[str, range] = {}
         self._replaying = replay is not None
         if replay is not None:
             recorded = list(recorded_agg_trades(replay))
@@ -214,8 +220,66 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         else:
             self.symbols = tuple(symbol.lower() for symbol in symbols)
             base = id_base if id_base is not None else time.time_ns() // 1000
+            if trades is not None:
+                seed = seed if seed is not None else random.SystemRandom().getrandbits(64)
+                counts = _RandomWalk(self.symbols, seed, base).trades_per_symbol(trades)
+                self._plan = {symbol: range(base, base + n) for symbol, n in counts.items() if n}
             self._frames = _RandomWalk(self.symbols, seed, base).frames()
+            if trades is not None:
+                self._frames = itertools.islice(self._frames, trades)
         self._first_client = asyncio.Event()
+        self._rest = BinanceRest(
+            self.symbols,
+            self._history,
+            weight_limit=weight_limit,
+            weight_window=weight_window,
+            refuse_every=rest_429_every,
+        )
+
+    @property
+    def rest_requests(self) -> int:
+        return self._rest.requests
+
+    @property
+    def rest_refused(self) -> int:
+        """REST requests answered 429 or 418."""
+        return self._rest.refused
+
+    @property
+    def rest_429_every(self) -> int | None:
+        return self._rest.refuse_every
+
+    @rest_429_every.setter
+    def rest_429_every(self, every: int | None) -> None:
+        self._rest.refuse_every = every
+
+    @property
+    def expected(self) -> dict[str, range]:
+        """A planned run's trade ids per symbol (lower case), empty otherwise."""
+        return dict(self._plan)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        if self._expected_file is not None:
+            write_expected(self._expected_file, self._plan)
+            log.info("simulator.expected_written", path=str(self._expected_file), trades=self.trades)
+        return await super().start(host, port)
+
+    def stats(self) -> dict[str, int]:
+        """Every counter, for the summary line at exit."""
+        return {
+            "trades_made": self.trades_made,
+            "frames_sent": self.frames_sent,
+            "trades_sent": self.trades_sent,
+            "trades_unsent": self.trades_unsent,
+            "trades_withheld": self.trades_withheld,
+            "handshakes": self.handshakes,
+            "drops": self.drops,
+            "garbage_sent": self.garbage_sent,
+            "oversize_sent": self.oversize_sent,
+            "duplicates_sent": self.duplicates_sent,
+            "rest_requests": self.rest_requests,
+            "rest_refused": self.rest_refused,
+        }
 
     def _serve_options(self) -> dict[str, Any]:
         return {"ping_interval": self.ping_interval, "ping_timeout": _PONG_TIMEOUT}
@@ -234,78 +298,28 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
     ) -> None:
         """Answer the next ``count`` REST requests (any path) ``status``, 429 (rate limit) or 418 (IP
         banned), with ``Retry-After: retry_after`` and Binance's -1003 error body."""
-        if status not in _THROTTLED:
-            raise ValueError(f"Binance throttles with 429 or 418, not {status}")
-        self._refusals.extend([(HTTPStatus(status), retry_after)] * count)
+        self._rest.refuse(count, status=status, retry_after=retry_after)
 
     @property
     def used_weight(self) -> int:
         """The request weight the last REST answer reported as used."""
-        return self._weight.used
+        return self._rest.used_weight
 
     def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
-        if url.path in _REST_WEIGHTS:
-            return self._rest(connection, url.path, parse_qs(url.query))
+        if url.path in REST_PATHS:
+            return self._rest.answer(connection, url.path, parse_qs(url.query))
         if Subscriptions.for_target(request.path, self.symbols) is None:
             return self._not_found(connection, "use /ws/<stream> or /stream")
         return self._handshake(connection)
 
-    def _rest(self, connection: ServerConnection, path: str, query: dict[str, list[str]]) -> Response:
-        self.rest_requests += 1
-        used = self._weight.charge(_REST_WEIGHTS[path])
-        retry_after: int | None = None
-        if self._refusals or used > self.weight_limit:
-            self.rest_refused += 1
-            if self._refusals:
-                status, retry_after = self._refusals.popleft()
-            else:
-                status, retry_after = HTTPStatus.TOO_MANY_REQUESTS, self._weight.seconds_left()
-            until = time.time_ns() // 1_000_000 + retry_after * 1000
-            message = _THROTTLED[status].format(limit=self.weight_limit, until=until)
-            body = msgspec.json.encode({"code": -1003, "msg": message}).decode()
-        elif path == _AGG_TRADES:
-            status, body = self._agg_trades(query)
-        else:
-            status, body = self._exchange_info(query)
-        response = _json(connection, status, body)
-        response.headers["X-MBX-USED-WEIGHT-1M"] = str(used)
-        if retry_after is not None:
-            response.headers["Retry-After"] = str(retry_after)
-        return response
-
-    def _exchange_info(self, query: dict[str, list[str]]) -> tuple[HTTPStatus, str]:
-        if "symbols" in query:
-            asked = [str(s).lower() for s in msgspec.json.decode(query["symbols"][0])]
-        elif "symbol" in query:
-            asked = [query["symbol"][0].lower()]
-        else:
-            asked = list(self.symbols)
-        if any(symbol not in self.symbols for symbol in asked):
-            return HTTPStatus.BAD_REQUEST, _INVALID_SYMBOL
-        body = {"timezone": "UTC", "symbols": [{"symbol": s.upper(), "status": "TRADING"} for s in asked]}
-        return HTTPStatus.OK, msgspec.json.encode(body).decode()
-
-    def _agg_trades(self, query: dict[str, list[str]]) -> tuple[HTTPStatus, str]:
-        symbol = query.get("symbol", [""])[0].lower()
-        if not symbol:
-            return _bad_request(
-                -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
-            )
-        if symbol not in self.symbols:
-            return HTTPStatus.BAD_REQUEST, _INVALID_SYMBOL
-        try:
-            from_id = int(query["fromId"][0]) if "fromId" in query else None
-            limit = int(query["limit"][0]) if "limit" in query else _AGG_TRADES_LIMIT[0]
-        except ValueError:
-            return _bad_request(-1100, "Illegal characters found in a parameter.")
-        limit = min(max(limit, 1), _AGG_TRADES_LIMIT[1])
-        return HTTPStatus.OK, self._history.answer(symbol, from_id, limit).decode()
-
-    def _withheld(self, symbol: str) -> bool:
+    def _withheld(self, symbol: str, trade_id: int) -> bool:
         every = self.withhold_every
         if not every:
             return False
+        planned = self._plan.get(symbol)
+        if planned is not None and trade_id == planned[-1]:
+            return False  # nothing after it would reveal the gap: see the class docstring
         count = self._since_withheld.get(symbol, 0) + 1
         self._since_withheld[symbol] = count % every
         if count < every:
@@ -327,38 +341,95 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         except ConnectionClosed:
             pass
         finally:
-            del self._clients[connection]
+            self._clients.pop(connection, None)  # a drop may have let it go already
 
     async def _produce(self) -> None:
-        if self._replaying:  # a recording is finite: start it when somebody listens
+        if self._replaying or self.trades is not None:  # a finite run starts when somebody listens
             await self._first_client.wait()
         pacer = Pacer(self.rate)
-        for symbol, frame in self._frames:
-            await pacer.next()
-            self._history.record(symbol, frame)  # before it is sent: a client that saw it can ask for it
-            if self._withheld(symbol):
+        dropping = asyncio.create_task(self._drop_connections_now_and_then()) if self.drop_every else None
+        try:
+            for symbol, frame in self._frames:
+                await pacer.next()
+                self.trades_made += 1
+                # Kept before it is sent: a client that saw it can ask for it.
+                trade_id = self._history.record(symbol, frame)
+                if not self._withheld(symbol, trade_id):
+                    await self._send_trade(symbol, frame, self.trades_made)
+        finally:
+            if dropping is not None:
+                dropping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await dropping
+        self.finished.set()
+        done = "simulator.replay_done" if self._replaying else "simulator.run_done"
+        log.info(done, frames=pacer.count, trades_made=self.trades_made)
+
+    async def _send_trade(self, symbol: str, frame: bytes, nth: int) -> None:
+        """Send the ``nth`` trade made to its subscribers, with the faults that fall on it."""
+        duplicate = _falls_on(nth, self.duplicate_every)
+        raw_frame: bytes | None = None
+        receivers = []
+        for client, subscriptions in list(self._clients.items()):
+            if symbol not in subscriptions.symbols:
                 continue
-            raw_frame: bytes | None = None
-            for client, subscriptions in list(self._clients.items()):
-                if symbol not in subscriptions.symbols:
-                    continue
-                if subscriptions.combined:
-                    payload = frame
-                else:  # a raw stream: the data object, cut out once per frame
-                    payload = raw_frame = raw_frame or _data_of(frame)
-                with contextlib.suppress(ConnectionClosed):
-                    await client.send(payload, text=True)  # Binance sends text frames
-                    self.frames_sent += 1
-                    self.trades_sent += 1
-        log.info("simulator.replay_done", frames=pacer.count)
+            if subscriptions.combined:
+                payload = frame
+            else:  # a raw stream: the data object, cut out once per frame
+                payload = raw_frame = raw_frame or _data_of(frame)
+            with contextlib.suppress(ConnectionClosed):
+                await client.send(payload, text=True)  # Binance sends text frames
+                self.frames_sent += 1
+                self.trades_sent += 1
+                receivers.append(client)
+                if duplicate:
+                    await client.send(payload, text=True)
+                    self.duplicates_sent += 1
+        if not receivers:
+            self.trades_unsent += 1
+            return
+        if _falls_on(nth, self.garbage_every):
+            garbage, text = garbage_frame(self.garbage_sent, frame)
+            self.garbage_sent += await _send_to(receivers, garbage, text=text)
+        if _falls_on(nth, self.oversize_every):
+            self.oversize_sent += await _send_to(receivers, self._oversize, text=True)
+            log.info("simulator.oversize_sent", after_trade=nth, bytes=len(self._oversize))
+
+    async def _drop_connections_now_and_then(self) -> None:
+        assert self.drop_every is not None
+        for pause in drop_intervals(self.drop_every, at_random=self.drop_random, rng=self._fault_rng):
+            await asyncio.sleep(pause)
+            clients = list(self._clients)
+            if not clients:
+                continue
+            self._clients.clear()  # nothing more is sent to them, even before they notice
+            for client in clients:
+                client.transport.abort()
+            self.drops += 1
+            log.info(
+                "simulator.dropped", clients=len(clients), drops=self.drops, after_trade=self.trades_made
+            )
 
 
-def _json(connection: ServerConnection, status: HTTPStatus, body: str) -> Response:
-    response = connection.respond(status, body)
-    del response.headers["Content-Type"]  # respond()'s text/plain; setting a header adds another
-    response.headers["Content-Type"] = "application/json"
-    return response
+def _falls_on(nth: int, every: int | None) -> bool:
+    return every is not None and nth % every == 0
 
 
-def _bad_request(code: int, message: str) -> tuple[HTTPStatus, str]:
-    return HTTPStatus.BAD_REQUEST, msgspec.json.encode({"code": code, "msg": message}).decode()
+async def _send_to(clients: list[ServerConnection], frame: bytes, *, text: bool) -> int:
+    """Send ``frame`` to each of ``clients``; how many it went out to."""
+    sent = 0
+    for client in clients:
+        with contextlib.suppress(ConnectionClosed):
+            await client.send(frame, text=text)
+            sent += 1
+    return sent
+
+
+def write_expected(path: Path, plan: dict[str, range]) -> None:
+    """Write every planned trade as ``binance,<SYMBOL>,<id>`` lines, atomically (temp file, rename)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("w", encoding="ascii") as out:
+        for symbol, ids in plan.items():
+            prefix = f"{Exchange.BINANCE.value},{symbol.upper()},"
+            out.writelines(f"{prefix}{trade_id}\n" for trade_id in ids)
+    temporary.replace(path)

@@ -1,4 +1,5 @@
-"""A local OKX v5 public WebSocket server: the ``trades`` channel, text ping/pong, notices, idle close.
+"""A local OKX v5 server: the public WebSocket's ``trades`` channel, text ping/pong, notices, idle
+close, and the REST trade history.
 
 ``/ws/v5/public`` takes ``{"op":"subscribe","args":[{"channel":"trades","instId":"BTC-USDT"}]}``
 (and ``unsubscribe``) and answers each arg on its own: an acknowledgement, or for a channel or
@@ -6,11 +7,15 @@ instrument it does not serve error 60018 worded as OKX words it, while the other
 malformed request gets error 60012, the text ``ping`` gets ``pong``. A connection on which
 nothing has gone either way for ``idle_timeout`` seconds (30, as OKX) is closed.
 Trades come from a seeded random walk, ``rate`` pushes a second spread over the instruments. As
-on newer OKX a push may carry several trades, each an aggregation of ``count`` trades whose
-``tradeId`` is the last, with ``source`` and ``seqId``; ids run on without gaps per instrument.
-They start from a wall-clock base (microseconds since the epoch) so they keep rising across
-restarts; ``id_base`` pins them for tests. Swaps, futures and options trade whole contracts.
-Test hooks: those of ``SimulatedVenue`` and ``announce_upgrade`` (notice 64008 to every client).
+on newer OKX a push may carry several trades, each an aggregation of ``count`` fills (same price,
+side and time, sizes summed) whose ``tradeId`` is the last, with ``source`` and ``seqId``; fill ids
+run on without gaps per instrument. They start from a wall-clock base (microseconds since the
+epoch) so they keep rising across restarts; ``id_base`` pins them for tests. Swaps, futures and
+options trade whole contracts.
+Every fill made is kept (the newest ``history`` per instrument) and served one item each by
+``GET /api/v5/market/history-trades`` (``okx_history.py``): only fills that have happened.
+Test hooks: those of ``SimulatedVenue``, ``announce_upgrade`` (notice 64008 to every client) and
+``refuse_rest`` (the next REST requests answered 429, code 50011, with ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
+from http import HTTPStatus
 from typing import Any, TypeGuard
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 import structlog
@@ -29,6 +37,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from kairos_core.adapters.inbound.feed_handler.okx_history import PATH as HISTORY_PATH
+from kairos_core.adapters.inbound.feed_handler.okx_history import RATE_LIMIT, RATE_WINDOW
 from kairos_core.adapters.inbound.feed_handler.okx_wire import (
     NOT_FOUND,
     PING,
@@ -38,6 +48,7 @@ from kairos_core.adapters.inbound.feed_handler.okx_wire import (
     encode_trades_push,
 )
 from kairos_core.domain import Exchange, MarketTick, Side
+from kairos_core.simulator.okx_history import FillHistory, HistoryEndpoint
 from kairos_core.simulator.venue import Pacer, SimulatedVenue
 
 log = structlog.get_logger(__name__)
@@ -59,6 +70,16 @@ class _Client:
         self.last_activity = now
 
 
+@dataclass(frozen=True, slots=True)
+class _Push:
+    inst_id: str
+    trades: int
+    """Trades (aggregations) in the push."""
+    fills: list[MarketTick]
+    """Every fill of those trades, one tick each, ascending."""
+    frame: bytes
+
+
 class _TradeWalk:
     """Per-instrument prices moving a few steps at a time; deterministic for a given seed."""
 
@@ -69,46 +90,60 @@ class _TradeWalk:
         self._next_id = dict.fromkeys(self._inst_ids, id_base)
         self._seq = dict.fromkeys(self._inst_ids, 0)
 
-    def pushes(self) -> Iterator[tuple[str, int, bytes]]:
-        """``(instrument, trades in it, push)`` forever."""
+    def push(self) -> _Push:
+        """The next push, made now: its trades happen at this moment."""
         rng = self._rng
-        while True:
-            inst_id = rng.choice(self._inst_ids)
-            now_ms = time.time_ns() // 1_000_000
-            ticks = [self._trade(inst_id, now_ms) for _ in range(rng.choice((1, 1, 1, 2, 3)))]
-            self._seq[inst_id] += 1
-            yield inst_id, len(ticks), encode_trades_push(ticks, seq_id=self._seq[inst_id])
+        inst_id = rng.choice(self._inst_ids)
+        now_ms = time.time_ns() // 1_000_000
+        trades, fills = [], []
+        for _ in range(rng.choice((1, 1, 1, 2, 3))):
+            trade_fills = self._fills(inst_id, now_ms)
+            fills += trade_fills
+            volume = sum((fill.volume for fill in trade_fills), Decimal(0))
+            trades.append(trade_fills[-1]._replace(first_trade_id=trade_fills[0].trade_id, volume=volume))
+        self._seq[inst_id] += 1
+        return _Push(inst_id, len(trades), fills, encode_trades_push(trades, seq_id=self._seq[inst_id]))
 
-    def _trade(self, inst_id: str, now_ms: int) -> MarketTick:
+    def _fills(self, inst_id: str, now_ms: int) -> list[MarketTick]:
+        """The fills of one trade: one price, side and time, consecutive ids, sizes of their own."""
         rng = self._rng
         steps = self._steps[inst_id] = max(1, self._steps[inst_id] + rng.randint(-5, 5))
         first = self._next_id[inst_id]
-        last = first + rng.choice((1, 1, 1, 2, 3)) - 1
-        self._next_id[inst_id] = last + 1
-        if inst_id.count("-") >= 2:  # a swap, future or option: sz is a number of contracts
-            size = Decimal(rng.randint(1, 500))
-        else:
-            size = Decimal(rng.randint(1, 50_000_000)) * _SPOT_STEP
-        return MarketTick(
-            symbol=inst_id,
-            exchange=Exchange.OKX,
-            price=Decimal(steps) * _PRICE_STEP,
-            volume=size,
-            side=Side.SELL if rng.random() < 0.5 else Side.BUY,
-            trade_id=last,
-            first_trade_id=first,
-            last_trade_id=last,
-            timestamp_ms=now_ms,
-            event_time_ms=None,
-            received_at_ns=0,
-        )
+        count = rng.choice((1, 1, 1, 2, 3))
+        self._next_id[inst_id] = first + count
+        contracts = inst_id.count("-") >= 2  # a swap, future or option: sz is a number of contracts
+        side = Side.SELL if rng.random() < 0.5 else Side.BUY
+        fills = []
+        for trade_id in range(first, first + count):
+            if contracts:
+                size = Decimal(rng.randint(1, 500))
+            else:
+                size = Decimal(rng.randint(1, 50_000_000)) * _SPOT_STEP
+            fill = MarketTick(
+                symbol=inst_id,
+                exchange=Exchange.OKX,
+                price=Decimal(steps) * _PRICE_STEP,
+                volume=size,
+                side=side,
+                trade_id=trade_id,
+                first_trade_id=trade_id,
+                last_trade_id=trade_id,
+                timestamp_ms=now_ms,
+                event_time_ms=None,
+                received_at_ns=0,
+            )
+            fills.append(fill)
+        return fills
 
 
 class OkxSimulator(SimulatedVenue[_Client]):
     """Serves OKX's public WebSocket (``/ws/v5/public``): trades subscriptions, ping/pong, notices.
 
-    Beyond ``SimulatedVenue``'s counters: ``pings`` (text pings answered) and ``idle_closes``
-    (connections closed as idle).
+    Also ``GET /api/v5/market/history-trades`` from the newest ``history`` fills per instrument,
+    at most ``rest_rate_limit`` requests per ``rest_rate_window`` seconds (OKX's 20 per 2 s).
+    Beyond ``SimulatedVenue``'s counters: ``pings`` (text pings answered), ``idle_closes``
+    (connections closed as idle), ``rest_requests``, ``rest_refused`` (answered code 50011) and
+    ``rest_arrivals`` (when each REST request came, monotonic seconds).
     """
 
     def __init__(
@@ -120,12 +155,19 @@ class OkxSimulator(SimulatedVenue[_Client]):
         id_base: int | None = None,
         handshake_status: int | None = None,
         idle_timeout: float = 30.0,
+        history: int = 100_000,
+        rest_rate_limit: int = RATE_LIMIT,
+        rest_rate_window: float = RATE_WINDOW,
     ) -> None:
         super().__init__(rate=rate, handshake_status=handshake_status)
         self.symbols = tuple(dict.fromkeys(symbol.upper() for symbol in symbols))
         self.idle_timeout = idle_timeout
         base = id_base if id_base is not None else time.time_ns() // 1000
-        self._pushes = _TradeWalk(self.symbols, seed, base).pushes()
+        self._walk = _TradeWalk(self.symbols, seed, base)
+        self._history = FillHistory(history)
+        self._rest = HistoryEndpoint(
+            self._history, self.symbols, rate_limit=rest_rate_limit, rate_window=rest_rate_window
+        )
         self._conn_ids = (f"{n:08x}" for n in itertools.count(0x5EED0000))
         self.pings = 0
         self.idle_closes = 0
@@ -136,9 +178,33 @@ class OkxSimulator(SimulatedVenue[_Client]):
             notice = encode_event("notice", SERVICE_UPGRADE, _UPGRADE_MESSAGE, client.conn_id)
             await self._send(connection, client, notice)
 
+    def refuse_rest(
+        self, count: int, *, retry_after: int | None = 1, status: int = HTTPStatus.TOO_MANY_REQUESTS
+    ) -> None:
+        """Answer the next ``count`` REST requests with code 50011, as OKX throttles: HTTP 429 (or 200,
+        OKX's other form), with ``Retry-After: retry_after`` unless it is None."""
+        if status not in (HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.OK):
+            raise ValueError(f"OKX throttles with HTTP 429 or 200 and code 50011, not {status}")
+        self._rest.refuse(count, HTTPStatus(status), retry_after)
+
+    @property
+    def rest_requests(self) -> int:
+        return self._rest.requests
+
+    @property
+    def rest_refused(self) -> int:
+        return self._rest.refused
+
+    @property
+    def rest_arrivals(self) -> list[float]:
+        return list(self._rest.arrivals)
+
     def _route(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0].rstrip("/") != PATH:
-            return self._not_found(connection, f"use {PATH}")
+        url = urlsplit(request.path)
+        if url.path == HISTORY_PATH:
+            return self._rest.answer(parse_qs(url.query)).response(connection)
+        if url.path.rstrip("/") != PATH:
+            return self._not_found(connection, f"use {PATH} or {HISTORY_PATH}")
         return self._handshake(connection)
 
     async def _session(self, connection: ServerConnection) -> None:
@@ -209,12 +275,14 @@ class OkxSimulator(SimulatedVenue[_Client]):
 
     async def _produce(self) -> None:
         pacer = Pacer(self.rate)
-        for inst_id, trades, push in self._pushes:
+        while True:
             await pacer.next()
+            push = self._walk.push()  # made on its turn: a halt while waiting for it loses no fill
+            self._history.record(push.inst_id, push.fills)  # before it is sent: a client that saw it can ask
             for connection, client in list(self._clients.items()):
-                if inst_id in client.inst_ids and await self._send(connection, client, push):
+                if push.inst_id in client.inst_ids and await self._send(connection, client, push.frame):
                     self.frames_sent += 1
-                    self.trades_sent += trades
+                    self.trades_sent += push.trades
 
 
 def _request(message: str | bytes) -> dict[str, Any]:

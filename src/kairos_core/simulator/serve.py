@@ -8,11 +8,28 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from kairos_core.domain import ConfigurationError, Exchange
 from kairos_core.settings import Settings
 from kairos_core.simulator.benchmark import BenchmarkServer
 from kairos_core.simulator.binance import BinanceSimulator
 from kairos_core.simulator.okx import OkxSimulator
+
+log = structlog.get_logger(__name__)
+
+_PLANNED_RUN = (
+    "trades",
+    "expected_file",
+    "drop_every",
+    "drop_random",
+    "withhold_every",
+    "garbage_every",
+    "oversize_every",
+    "duplicate_every",
+    "rest_429_every",
+)
+"""Run options that plan the Binance random walk or put faults in it: ``BinanceSimulator``'s arguments."""
 
 
 async def simulate(settings: Settings, run: dict[str, Any]) -> None:
@@ -31,6 +48,8 @@ async def simulate(settings: Settings, run: dict[str, Any]) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), run.get("duration"))
     await simulator.stop()
+    counters = simulator.stats() if isinstance(simulator, BinanceSimulator) else {}
+    log.info("simulator.stopped", **counters)
 
 
 def _readable(replay: Path | None) -> Path | None:
@@ -44,6 +63,11 @@ def _simulator(settings: Settings, run: dict[str, Any]) -> BinanceSimulator | Ok
         raise ConfigurationError("simulate serves one exchange: pass a single --exchange (binance or okx)")
     exchange = settings.exchanges[0]
     symbols = settings.feeds.symbols_by_exchange()[exchange]
+    planned = [f"--{name.replace('_', '-')}" for name in _PLANNED_RUN if run.get(name)]
+    if planned and (exchange is Exchange.OKX or run["bench"] or run["replay"] is not None):
+        raise ConfigurationError(
+            f"{' '.join(planned)} shape Binance's random walk: drop --bench, --replay and --exchange okx"
+        )
     if exchange is Exchange.OKX:
         if run["bench"] or run["replay"] is not None:
             raise ConfigurationError(
@@ -59,6 +83,10 @@ def _simulator(settings: Settings, run: dict[str, Any]) -> BinanceSimulator | Ok
             seed=run["seed"] if run["seed"] is not None else 1,
             id_base=run["id_base"] if run["id_base"] is not None else 1,
         )
+    if run.get("expected_file") is not None and run.get("trades") is None:
+        raise ConfigurationError("--expected-file needs a planned run: add --trades N")
+    if run.get("drop_random") and run.get("drop_every") is None:
+        raise ConfigurationError("--drop-random needs --drop-every SECONDS, the mean time between drops")
     try:
         return BinanceSimulator(
             symbols,
@@ -66,6 +94,7 @@ def _simulator(settings: Settings, run: dict[str, Any]) -> BinanceSimulator | Ok
             seed=run["seed"],
             id_base=run["id_base"],
             replay=_readable(run["replay"]),
+            **{name: run[name] for name in _PLANNED_RUN if run.get(name) is not None},
         )
     except ValueError as e:
         raise ConfigurationError(f"{e}: replay a Binance recording") from e

@@ -24,6 +24,7 @@ from itertools import islice
 import structlog
 
 from kairos_core.application.bus import Subscription
+from kairos_core.application.latency import BATCH_BOUNDS, LatencyHistogram
 from kairos_core.domain import BusClosed, MarketTick, TickRepository
 
 log = structlog.get_logger(__name__)
@@ -61,6 +62,8 @@ class PersistenceStats:
     batches: int = 0
     retries: int = 0
     last_batch_seconds: float = 0.0
+    failing: bool = False
+    """The last write failed (the database is down or refusing); cleared by the next success."""
 
 
 class PersistenceConsumer:
@@ -85,11 +88,17 @@ class PersistenceConsumer:
         self._alarm = 0
         self._paused = False
         self.stats = PersistenceStats()
+        self.batch_seconds = LatencyHistogram(BATCH_BOUNDS)
+        """Successful writes by duration."""
 
     @property
     def buffered(self) -> int:
         """Ticks received and not yet stored."""
         return len(self._buffer)
+
+    @property
+    def buffer_limit(self) -> int:
+        return self._policy.buffer_limit
 
     async def run(self, subscription: Subscription) -> None:
         """Receive until the bus closes, then return once every received tick is stored.
@@ -119,10 +128,12 @@ class PersistenceConsumer:
             if len(buffer) >= limit:
                 await self._wait_for_room()
             try:
-                tick = subscription.try_recv() or await subscription.recv()
+                item = subscription.try_recv() or await subscription.recv()
             except BusClosed:
                 return
-            buffer.append(tick)
+            if not isinstance(item, MarketTick):
+                continue  # a gap event: the table holds trades, the log holds the event
+            buffer.append(item)
             size = len(buffer)
             if size >= batch_size:
                 self._batch_ready.set()
@@ -180,6 +191,7 @@ class PersistenceConsumer:
                 new = await self._repository.add_many(batch)
             except Exception as e:  # any failure: the batch is kept and retried, never dropped
                 self.stats.retries += 1
+                self.stats.failing = True
                 failed = True
                 wait = delay * random.uniform(0.5, 1.0)
                 log.warning(
@@ -193,7 +205,9 @@ class PersistenceConsumer:
                 delay = min(delay * 2, self._policy.retry_max)
                 continue
             stats = self.stats
-            stats.last_batch_seconds = time.perf_counter() - started
+            stats.last_batch_seconds = elapsed = time.perf_counter() - started
+            self.batch_seconds.observe_ns(round(elapsed * 1e9))
+            stats.failing = False
             stats.batches += 1
             stats.stored += new
             stats.duplicates += len(batch) - new

@@ -93,9 +93,9 @@ class PriceMonitor:
     async def run(self, subscription: Subscription) -> None:
         while True:
             try:
-                async for tick in subscription:
-                    if tick.source is not TickSource.BACKFILL:
-                        self._on_tick(tick)
+                async for item in subscription:
+                    if isinstance(item, MarketTick) and item.source is not TickSource.BACKFILL:
+                        self._on_tick(item)
                 return
             except Lagged as e:
                 log.warning("consumer.lagged", consumer=self.name, missed=e.missed)

@@ -40,9 +40,11 @@ log = structlog.get_logger(__name__)
 class RiskEngineConsumer(IntentReviewer):
     """Feeds every live tick to risk and the broker; executes the intents risk approves.
 
-    Backfilled ticks are skipped: they are history, not news. With no intents it still keeps risk
-    state (and its halt/resume events) and the broker's marks current. Waiting intents and the
-    trade ids seen live on this object, so ``run`` may be called again with a new subscription.
+    Backfilled ticks are skipped: they are history, not news; gap events halt and resume symbols,
+    so an intent made on a tick that came after a gap's detection is judged while the gap is open.
+    With no intents it still keeps risk state (and its halt/resume events) and the broker's marks
+    current. Waiting intents and the trade ids seen live on this object, so ``run`` may be called
+    again with a new subscription.
     """
 
     lossless = False
@@ -56,6 +58,10 @@ class RiskEngineConsumer(IntentReviewer):
         self._pending: deque[tuple[OrderIntent, MarketTick]] = deque()
         self._deciding = asyncio.Lock()
         self._reading: Subscription | None = None
+        self.approved = 0
+        self.rejected: dict[str, int] = {}
+        """Intents rejected, by ``RiskRejection``."""
+        self.fills = 0
 
     @property
     def pending(self) -> int:
@@ -72,9 +78,11 @@ class RiskEngineConsumer(IntentReviewer):
         try:
             while True:
                 try:
-                    async for tick in subscription:
-                        if tick.source is not TickSource.BACKFILL:
-                            self._apply(tick)
+                    async for item in subscription:
+                        if not isinstance(item, MarketTick):
+                            self._risk.update_continuity(item)
+                        elif item.source is not TickSource.BACKFILL:
+                            self._apply(item)
                             if self._pending:
                                 async with self._deciding:
                                     await self._decide_ready()
@@ -124,8 +132,12 @@ class RiskEngineConsumer(IntentReviewer):
             log.warning("order.origin_unseen", **fields, origin_trade_id=origin.trade_id)
         decision = self._risk.check(intent)
         if not decision.approved:
+            reason = str(decision.reason)
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
             log.info("order.rejected", **fields, reason=decision.reason, detail=decision.detail)
             return
+        self.approved += 1
         fill = await self._broker.submit(intent)
         if fill is not None:
+            self.fills += 1
             log.info("order.filled", **fields, price=str(fill.price))

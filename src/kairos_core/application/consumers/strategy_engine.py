@@ -49,13 +49,15 @@ class StrategyEngine:
         self.name = name
         self._strategies = tuple(strategies)
         self._reviewer = reviewer
+        self.intents = 0
+        """Intents the strategies made, for metrics."""
 
     async def run(self, subscription: Subscription) -> None:
         while True:
             try:
-                async for tick in subscription:
-                    if tick.source is not TickSource.BACKFILL:
-                        await self.on_market_tick(tick)
+                async for item in subscription:
+                    if isinstance(item, MarketTick) and item.source is not TickSource.BACKFILL:
+                        await self.on_market_tick(item)
                 return
             except Lagged as e:
                 log.warning("consumer.lagged", consumer=self.name, missed=e.missed)
@@ -65,5 +67,6 @@ class StrategyEngine:
             intent = strategy.on_market_tick(tick)
             if intent is None:
                 continue
+            self.intents += 1
             log.info("order.intent", strategy=strategy.name, **intent.describe(), reason=intent.reason)
             await self._reviewer.review(intent, tick)

@@ -99,7 +99,10 @@ class BinanceFeedHandler(WebSocketFeed):
             self._rejected(e)
             return
         if type(item) is MarketTick:
-            self._sink.publish(item)
+            if item.symbol in self._tick_symbols:
+                self._sink.publish(item)
+            else:
+                self._unsubscribed(item.symbol, raw)
         elif isinstance(item, ServerShutdown):
             log.info("feed.server_shutdown", exchange=self.exchange, event_time_ms=item.event_time_ms)
             self._end("server announced shutdown")

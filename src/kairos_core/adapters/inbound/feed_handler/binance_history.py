@@ -6,7 +6,6 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
-from types import TracebackType
 
 import aiohttp
 import msgspec
@@ -22,6 +21,7 @@ from kairos_core.domain import (
 
 from .binance import DEFAULT_REST_URL
 from .binance_wire import parse_agg_trades
+from .rest_history import RestAnswer, RestHistoryClient, failure_of
 
 log = structlog.get_logger(__name__)
 
@@ -42,21 +42,17 @@ class _ErrorBody(msgspec.Struct):
 _error_body = msgspec.json.Decoder(_ErrorBody)
 
 
-class BinanceTradeHistory(TradeHistoryPort):
+class BinanceTradeHistory(RestHistoryClient, TradeHistoryPort):
     """Pages of a symbol's aggregate trades from Binance's REST API, as backfill ticks.
 
-    Polite by construction: one request at a time per instance (concurrent ``trades`` calls
-    share it, and its limits), and before each request the IP's used weight, read from every
-    answer's ``X-MBX-USED-WEIGHT-1M``, is kept under ``weight_budget`` per ``weight_window``
-    seconds by waiting for the next window (``backfill.throttled``); the default budget is half of
-    Binance's 6,000 a minute per IP, the rest left to the feed and whatever else shares the IP.
-    A 429 or 418 pauses every
-    request for its ``Retry-After`` seconds, or gives up (``HistoryUnavailable``) when that is more
-    than ``max_retry_after``. Network errors, timeouts and 5xx are retried ``max_attempts`` times
+    Polite by construction (``RestHistoryClient``: one request at a time, the session, retries):
+    before each request the IP's used weight, read from every answer's ``X-MBX-USED-WEIGHT-1M``,
+    is kept under ``weight_budget`` per ``weight_window`` seconds by waiting for the next window
+    (``backfill.throttled``); the default budget is half of Binance's 6,000 a minute per IP, the
+    rest left to the feed and whatever else shares the IP. A 429 or 418 pauses every request for
+    its ``Retry-After`` seconds, or gives up (``HistoryUnavailable``) when that is more than
+    ``max_retry_after``. Network errors, timeouts and 5xx are retried ``max_attempts`` times
     with capped exponential backoff and jitter; any other 4xx is final, with Binance's message.
-
-    ``session``: an aiohttp session to use (its owner closes it); without one the instance makes
-    its own on first use and ``aclose`` (or ``async with``) closes it.
     """
 
     def __init__(
@@ -80,31 +76,31 @@ class BinanceTradeHistory(TradeHistoryPort):
             raise ValueError(
                 f"weight_budget must allow one request (weight {PAGE_WEIGHT}), got {weight_budget}"
             )
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
-        self._url = f"{rest_url.rstrip('/')}{PATH}"
-        self._session = session
-        self._owns_session = session is None
+        super().__init__(
+            f"{rest_url.rstrip('/')}{PATH}",
+            Exchange.BINANCE,
+            session=session,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+            rng=rng,
+        )
         self._limit = limit
         self._budget = weight_budget
         self._window_length = weight_window
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._max_attempts = max_attempts
         self._max_retry_after = max_retry_after
-        self._initial_backoff = initial_backoff
-        self._max_backoff = max_backoff
-        self._rng = rng or random.Random()
-        self._turn = asyncio.Lock()
-        self._resume_at = 0.0  # monotonic time before which no request goes out (429/418)
         self._window = -1
         self.used_weight = 0
         """The IP's used weight in the current window, as Binance last reported it."""
-        self.requests = 0
-        """Requests sent, retries and throttled ones included."""
 
     @property
     def exchange(self) -> Exchange:
         return Exchange.BINANCE
+
+    @property
+    def spans_fills(self) -> bool:
+        return False  # a live aggTrade's ``a`` is the history's id; ``f``..``l`` are another series
 
     async def trades(
         self, symbol: str, from_id: int, to_id: int | None = None
@@ -134,73 +130,33 @@ class BinanceTradeHistory(TradeHistoryPort):
             if len(page) < limit:
                 return  # Binance had no more at that moment
 
-    async def aclose(self) -> None:
-        """Close the session this instance made, if any."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def __aenter__(self) -> BinanceTradeHistory:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
     async def _page(self, symbol: str, from_id: int, limit: int) -> list[MarketTick]:
         params = {"symbol": symbol, "fromId": str(from_id), "limit": str(limit)}
         failures = throttles = 0
         while True:
             try:
-                status, body, retry_after = await self._get(params)
+                answer = await self._get(params)
             except (aiohttp.ClientError, TimeoutError) as e:
-                failure = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                failure = failure_of(e)
             else:
+                status = answer.status
                 if status == 200:
-                    return _ticks(body, symbol, from_id)
+                    return _ticks(answer.body, symbol, from_id)
                 if status in _THROTTLED:
                     throttles += 1
-                    self._pause(status, retry_after, symbol, throttles)
+                    self._pause(status, answer.retry_after, symbol, throttles)
                     continue
                 if 400 <= status < 500:
                     raise HistoryUnavailable(
                         f"Binance refused {symbol} aggregate trades from id {from_id}: "
-                        f"HTTP {status}: {_venue_message(body)}"
+                        f"HTTP {status}: {_venue_message(answer.body)}"
                     )
-                failure = f"HTTP {status}: {_venue_message(body)}"
+                failure = f"HTTP {status}: {_venue_message(answer.body)}"
             failures += 1
-            if failures >= self._max_attempts:
-                raise HistoryUnavailable(
-                    f"{symbol} aggregate trades from id {from_id} could not be fetched from {self._url} "
-                    f"in {failures} attempts: {failure}"
-                )
-            delay = self._backoff(failures)
-            log.warning(
-                "backfill.retrying",
-                exchange=Exchange.BINANCE,
-                symbol=symbol,
-                error=failure,
-                delay=round(delay, 3),
-            )
-            await asyncio.sleep(delay)
+            await self._retry(failures, failure, f"{symbol} aggregate trades from id {from_id}", symbol)
 
-    async def _get(self, params: dict[str, str]) -> tuple[int, bytes, float | None]:
-        """One request, when the rate limits allow it: status, body and ``Retry-After`` seconds."""
-        async with self._turn:
-            await self._wait_for_turn()
-            if self._session is None:
-                self._session = aiohttp.ClientSession()
-            self.requests += 1
-            async with self._session.get(self._url, params=params, timeout=self._timeout) as response:
-                body = await response.read()
-                self._note_weight(response.headers.get(WEIGHT_HEADER))
-                return response.status, body, _seconds(response.headers.get("Retry-After"))
-
-    async def _wait_for_turn(self) -> None:
-        pause = self._resume_at - time.monotonic()
-        if pause > 0:
-            await asyncio.sleep(pause)
+    async def _pace(self) -> None:
+        """Wait for the next weight window when this request would take the IP past the budget."""
         self._roll_window()
         if self.used_weight + PAGE_WEIGHT > self._budget:
             delay = self._window_left() + _WINDOW_MARGIN * self._window_length
@@ -214,6 +170,14 @@ class BinanceTradeHistory(TradeHistoryPort):
             )
             await asyncio.sleep(delay)
             self._roll_window()
+
+    def _answered(self, answer: RestAnswer) -> None:
+        self._roll_window()
+        header = answer.headers.get(WEIGHT_HEADER)
+        try:
+            self.used_weight = int(header) if header is not None else self.used_weight + PAGE_WEIGHT
+        except ValueError:
+            self.used_weight += PAGE_WEIGHT
 
     def _pause(self, status: int, retry_after: float | None, symbol: str, throttles: int) -> None:
         """Hold every request back as a 429/418 asks; raise when that is too long or too often."""
@@ -232,14 +196,7 @@ class BinanceTradeHistory(TradeHistoryPort):
             status=status,
             retry_after=wait,
         )
-        self._resume_at = max(self._resume_at, time.monotonic() + wait)
-
-    def _note_weight(self, header: str | None) -> None:
-        self._roll_window()
-        try:
-            self.used_weight = int(header) if header is not None else self.used_weight + PAGE_WEIGHT
-        except ValueError:
-            self.used_weight += PAGE_WEIGHT
+        self._hold(wait)
 
     # Binance counts weight per clock minute, so the window is wall-clock time, not monotonic.
     def _roll_window(self) -> None:
@@ -249,10 +206,6 @@ class BinanceTradeHistory(TradeHistoryPort):
 
     def _window_left(self) -> float:
         return self._window_length - time.time() % self._window_length
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self._max_backoff, self._initial_backoff * 2.0 ** (failures - 1))
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
 
 def _ticks(body: bytes, symbol: str, from_id: int) -> list[MarketTick]:
@@ -283,13 +236,3 @@ def _venue_message(body: bytes) -> str:
     except (msgspec.DecodeError, msgspec.ValidationError):
         return repr(body[:200].decode("utf-8", errors="replace"))
     return f"{error.msg} (code {error.code})"
-
-
-def _seconds(header: str | None) -> float | None:
-    if header is None:
-        return None
-    try:
-        seconds = float(header)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None

@@ -34,19 +34,26 @@ from kairos_core.domain import Exchange, FrameRejected, MarketTick, RejectReason
 
 _MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant datetime holds
 _MAX_ID = 2**63 - 1  # ids are stored as bigint
+_MAX_TEXT = 64  # characters in a symbol or a decimal string; Binance's are under 25
+_MIN_AMOUNT, _MAX_AMOUNT = Decimal("1E-30"), Decimal("1E+30")
+"""Prices and quantities outside are absurd, and "1E+999999999" would be a billion digits to print
+or store: a positive finite decimal is not enough."""
+_MAX_MESSAGE = 500  # characters of an error reply's text kept for the log
+_TOO_DEEP = "nested deeper than the JSON decoder goes"
 
 
 # Range checks live in the decoder (C) rather than in Python on every frame.
 _EpochMs = Annotated[int, msgspec.Meta(ge=0, le=_MAX_EPOCH_MS)]
 _Id = Annotated[int, msgspec.Meta(ge=0, le=_MAX_ID)]
+_Amount = Annotated[str, msgspec.Meta(max_length=_MAX_TEXT)]
 
 
 class RestAggTrade(msgspec.Struct, gc=False):
     """One aggregate trade: an item of a ``GET /api/v3/aggTrades`` answer, and the core of an event."""
 
     a: _Id  # aggregate trade id: consecutive per symbol
-    p: str  # price, a decimal string
-    q: str  # quantity, a decimal string
+    p: _Amount  # price, a decimal string
+    q: _Amount  # quantity, a decimal string
     f: _Id  # first trade id in the aggregate
     l: _Id  # last trade id in the aggregate
     T: _EpochMs  # trade time, epoch ms
@@ -57,7 +64,7 @@ class AggTrade(RestAggTrade, tag_field="e", tag="aggTrade", gc=False):
     """The ``data`` of an aggTrade event. Extra fields (``M``, future ones) are ignored."""
 
     E: _EpochMs  # event time, epoch ms
-    s: Annotated[str, msgspec.Meta(min_length=1)]  # symbol, uppercase
+    s: Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_TEXT)]  # symbol, uppercase
 
 
 class ServerShutdownEvent(msgspec.Struct, tag_field="e", tag="serverShutdown", gc=False):
@@ -105,7 +112,7 @@ _rest_decoder = msgspec.json.Decoder(list[RestAggTrade])
 _encoder = msgspec.json.Encoder()
 _SELL, _BUY, _BINANCE, _BACKFILL = Side.SELL, Side.BUY, Exchange.BINANCE, TickSource.BACKFILL
 _new_tuple = tuple.__new__
-_BOUND_VIOLATED = re.compile(r"` (?:>=|<=|of length >=) ")  # msgspec: "Expected `int` >= 0 - at `$.a`"
+_BOUND_VIOLATED = re.compile(r"` (?:>=|<=|of length [<>]=) ")  # msgspec: "Expected `int` >= 0 - at `$.a`"
 
 
 def parse_frame(
@@ -122,10 +129,10 @@ def parse_frame(
         received_at_ns = time.time_ns()
     try:
         payload = _combined_decoder.decode(raw).data
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError, RecursionError):
         try:
             payload = _raw_decoder.decode(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError, RecursionError):
             return _parse_uncommon(raw, received_at_ns, source)
     if type(payload) is AggTrade:
         return _tick_from(payload, payload.s, payload.E, raw, received_at_ns, source)
@@ -143,11 +150,13 @@ def _tick_from(
     """The one mapping from a Binance aggregate trade to a tick, streamed or fetched."""
     try:
         price, volume = Decimal(trade.p), Decimal(trade.q)
-        valid_amounts = price > 0 and volume > 0 and price.is_finite() and volume.is_finite()
+        valid_amounts = _MIN_AMOUNT <= price < _MAX_AMOUNT and _MIN_AMOUNT <= volume < _MAX_AMOUNT
     except InvalidOperation:  # not a number, or NaN in a comparison
         valid_amounts = False
     if not valid_amounts:
-        raise FrameRejected(RejectReason.VALUE, raw, "price and quantity must be finite positive decimals")
+        raise FrameRejected(
+            RejectReason.VALUE, raw, "price and quantity must be decimals from 1E-30 to below 1E+30"
+        )
     if trade.f > trade.l:
         raise FrameRejected(RejectReason.VALUE, raw, "first trade id f is after last trade id l")
     # tuple.__new__ skips NamedTuple's generated Python __new__: 0.3 us a tick, same immutable value.
@@ -175,14 +184,20 @@ def _parse_uncommon(raw: bytes | str, received_at_ns: int, source: TickSource) -
         frame = _any_decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeError) as e:  # bad UTF-8 in a string, lone surrogates
         raise FrameRejected(RejectReason.JSON, raw, str(e)) from None
+    except RecursionError:  # msgspec stops at the interpreter's recursion limit, at once
+        raise FrameRejected(RejectReason.JSON, raw, _TOO_DEEP) from None
     if not isinstance(frame, dict):
         raise FrameRejected(RejectReason.SCHEMA, raw, "a frame must be a JSON object")
     if "result" in frame and "id" in frame:
-        return SubscriptionReply(request_id=_request_id(frame), result=frame["result"])
+        return SubscriptionReply(request_id=_request_id(frame), result=_flat(frame["result"], raw))
     error = frame.get("error", frame)
     if isinstance(error, dict) and "code" in error and "msg" in error:
+        if not isinstance(error["msg"], str):
+            raise FrameRejected(RejectReason.TYPE, raw, "an error reply's 'msg' must be a string")
         return ErrorReply(
-            request_id=_request_id(frame), code=_int_or_none(error["code"]), message=str(error["msg"])
+            request_id=_request_id(frame),
+            code=_int_or_none(error["code"]),
+            message=error["msg"][:_MAX_MESSAGE],
         )
     combined = "stream" in frame
     payload = frame.get("data") if combined else frame
@@ -197,11 +212,24 @@ def _parse_uncommon(raw: bytes | str, received_at_ns: int, source: TickSource) -
     if "e" in payload and not isinstance(event, str):
         raise FrameRejected(RejectReason.TYPE, raw, "the event type 'e' must be a string")
     stream = frame.get("stream")
+    if not isinstance(stream, str | None):
+        raise FrameRejected(RejectReason.TYPE, raw, "the stream name must be a string")
     # bookTicker data has no 'e'; a frame on an aggTrade stream without one is a broken trade
-    if event is None and (not combined or str(stream).endswith("@aggTrade")):
+    if event is None and (stream is None or stream.endswith("@aggTrade")):
         raise FrameRejected(RejectReason.SCHEMA, raw, "no event type 'e', result or error")
-    name = event if event is not None else stream
-    raise FrameRejected(RejectReason.UNKNOWN_EVENT, raw, f"not consumed here: {name!r}")
+    name = str(event if event is not None else stream)  # a string either way by now
+    raise FrameRejected(RejectReason.UNKNOWN_EVENT, raw, f"not consumed here: {name[:_MAX_TEXT]!r}")
+
+
+def _flat(result: Any, raw: bytes | str) -> Any:
+    """A reply's result as Binance sends them (null, a scalar, a list of stream names), never a
+    structure deep enough to trouble whoever prints it."""
+    items = result if isinstance(result, list) else (result,)
+    if any(isinstance(item, list | dict) for item in items):
+        raise FrameRejected(
+            RejectReason.SCHEMA, raw, "a reply's result must be null, a scalar or a list of them"
+        )
+    return result
 
 
 def _convert(payload: dict[str, Any], kind: type[_Event], raw: bytes | str) -> _Event:

@@ -29,6 +29,17 @@ class HandshakeRejected(FeedDisconnected):
         super().__init__(f"handshake with {url} answered HTTP {status}")
 
 
+class FrameTooLarge(FeedDisconnected):
+    """The server sent a message over ``max_frame_bytes``: the client refused it from its header,
+    before reading the payload, and closed the connection with code 1009 (message too big)."""
+
+    def __init__(self, limit: int, size: int | None = None) -> None:
+        self.limit = limit
+        self.size = size
+        of = f" of {size} bytes" if size is not None else ""
+        super().__init__(f"connection closed: code 1009, a message{of} over the limit of {limit} bytes")
+
+
 class WebSocketSession(Protocol):
     """One open connection."""
 
@@ -38,7 +49,7 @@ class WebSocketSession(Protocol):
         ``ready`` is where the feed yields: to back-pressure from the bus and to the event loop,
         so consumers run between batches even while the socket never runs dry. Pings from the
         server are answered here. Returns never; raises ``FeedDisconnected`` (with the reason)
-        when the connection ends.
+        when the connection ends, ``FrameTooLarge`` when it ended on a message over the limit.
         """
         ...
 
@@ -60,11 +71,22 @@ class WebSocketConnector(Protocol):
         ...
 
 
+DEFAULT_MAX_FRAME_BYTES = 1 << 20
+
+
 class ConnectorLimits:
-    """What every client's connector is told: how long to wait, and how large a frame may be."""
+    """What every client's connector is told: how long to wait, and how large a frame may be.
+
+    ``max_frame_bytes`` bounds a whole message (all of its fragments): one of exactly that size is
+    read, a larger one ends the connection with ``FrameTooLarge`` and is never buffered.
+    """
 
     def __init__(
-        self, *, open_timeout: float = 10.0, close_timeout: float = 5.0, max_frame_bytes: int = 1 << 20
+        self,
+        *,
+        open_timeout: float = 10.0,
+        close_timeout: float = 5.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         self._open_timeout = open_timeout
         self._close_timeout = close_timeout

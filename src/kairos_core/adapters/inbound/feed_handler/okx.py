@@ -121,7 +121,11 @@ class OkxFeedHandler(WebSocketFeed):
         if type(item) is tuple:
             publish = self._sink.publish
             for tick in item:
-                publish(tick)
+                if tick.symbol in self._tick_symbols:
+                    publish(tick)
+                else:
+                    self._unsubscribed(tick.symbol, raw)
+                    return
         elif isinstance(item, ErrorReply):
             self._error_reply(item)
         elif isinstance(item, Notice):

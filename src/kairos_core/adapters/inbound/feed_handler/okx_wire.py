@@ -34,6 +34,13 @@ from kairos_core.domain import Exchange, FrameRejected, MarketTick, RejectReason
 _MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant datetime holds
 _MAX_ID = 2**63 - 1  # ids are stored as bigint
 _MAX_DIGITS = 19  # len(str(_MAX_ID)); longer digit strings are out of range before int() reads them
+_MAX_TEXT = 64  # characters in an instrument id or a decimal string; OKX's are under 40
+_MIN_AMOUNT, _MAX_AMOUNT = Decimal("1E-30"), Decimal("1E+30")
+"""Prices and sizes outside are absurd, and "1E+999999999" would be a billion digits to print or
+store: a positive finite decimal is not enough."""
+_MAX_MESSAGE = 500  # characters of an error's or a notice's text kept for the log
+_TOO_DEEP = "nested deeper than the JSON decoder goes"
+_Amount = Annotated[str, msgspec.Meta(max_length=_MAX_TEXT)]
 
 PING = "ping"
 """What the client sends when the connection has been quiet; OKX answers the text ``pong``."""
@@ -54,10 +61,10 @@ class Trade(msgspec.Struct, gc=False):
     """One item of a trades push. ``source`` (0 normal, 1 Enhanced Liquidity Program order) and
     ``seqId`` (the message's sequence number) are not read: they change nothing in a tick."""
 
-    instId: Annotated[str, msgspec.Meta(min_length=1)]  # instrument id: BTC-USDT, BTC-USDT-SWAP, ...
+    instId: Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_TEXT)]  # BTC-USDT, BTC-USDT-SWAP, ...
     tradeId: str  # the last trade id of the aggregation, a string of digits
-    px: str  # price, a decimal string
-    sz: str  # quantity, a decimal string: base currency for spot, contracts for swaps/futures/options
+    px: _Amount  # price, a decimal string
+    sz: _Amount  # quantity, a decimal string: base currency for spot, contracts for swaps/futures/options
     side: Side  # the taker's side, "buy" or "sell"
     ts: str  # trade time, epoch ms as a string of digits
     count: str = "1"  # trades aggregated into this one (ids tradeId-count+1 .. tradeId); absent: 1
@@ -128,11 +135,19 @@ def parse_frame(
         received_at_ns = time.time_ns()
     try:
         push = _push_decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeError, RecursionError):
         return _parse_uncommon(raw, received_at_ns, source)
     if not push.data:
         raise FrameRejected(RejectReason.SCHEMA, raw, "a trades push needs at least one trade")
     return tuple([_tick_from(trade, raw, received_at_ns, source) for trade in push.data])
+
+
+def trade_tick(
+    item: Trade | dict[str, Any], raw: bytes | str, received_at_ns: int, source: TickSource
+) -> MarketTick:
+    """One trade item (decoded, or a JSON object as decoded) mapped exactly as a push maps it; raises
+    ``FrameRejected`` naming ``raw``. For the other answers that carry OKX trades (REST history)."""
+    return _tick_from(item if isinstance(item, Trade) else _convert(item, raw), raw, received_at_ns, source)
 
 
 def _tick_from(trade: Trade, raw: bytes | str, received_at_ns: int, source: TickSource) -> MarketTick:
@@ -142,11 +157,11 @@ def _tick_from(trade: Trade, raw: bytes | str, received_at_ns: int, source: Tick
         raise FrameRejected(RejectReason.VALUE, raw, "count must be at least 1 and at most tradeId + 1")
     try:
         price, volume = Decimal(trade.px), Decimal(trade.sz)
-        valid_amounts = price > 0 and volume > 0 and price.is_finite() and volume.is_finite()
+        valid_amounts = _MIN_AMOUNT <= price < _MAX_AMOUNT and _MIN_AMOUNT <= volume < _MAX_AMOUNT
     except InvalidOperation:  # not a number, or NaN in a comparison
         valid_amounts = False
     if not valid_amounts:
-        raise FrameRejected(RejectReason.VALUE, raw, "px and sz must be finite positive decimals")
+        raise FrameRejected(RejectReason.VALUE, raw, "px and sz must be decimals from 1E-30 to below 1E+30")
     # tuple.__new__ skips NamedTuple's generated Python __new__: the same immutable value, cheaper.
     return _new_tuple(
         MarketTick,
@@ -185,6 +200,8 @@ def _parse_uncommon(
         frame = _any_decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeError) as e:  # bad UTF-8 in a string, lone surrogates
         raise FrameRejected(RejectReason.JSON, raw, str(e)) from None
+    except RecursionError:  # msgspec stops at the interpreter's recursion limit, at once
+        raise FrameRejected(RejectReason.JSON, raw, _TOO_DEEP) from None
     if not isinstance(frame, dict):
         raise FrameRejected(RejectReason.SCHEMA, raw, "a frame must be a JSON object or the text pong")
     if "event" in frame:
@@ -194,7 +211,9 @@ def _parse_uncommon(
         raise FrameRejected(RejectReason.SCHEMA, raw, "neither an event nor a push with 'arg' and 'data'")
     channel = _required(arg, "channel", raw)
     if channel != "trades":
-        raise FrameRejected(RejectReason.UNKNOWN_EVENT, raw, f"not consumed here: channel {channel!r}")
+        raise FrameRejected(
+            RejectReason.UNKNOWN_EVENT, raw, f"not consumed here: channel {channel[:_MAX_TEXT]!r}"
+        )
     if not isinstance(data, list) or not data or not all(isinstance(item, dict) for item in data):
         raise FrameRejected(RejectReason.SCHEMA, raw, "a trades push needs a non-empty array of objects")
     return tuple([_tick_from(_convert(item, raw), raw, received_at_ns, source) for item in data])
@@ -216,13 +235,16 @@ def _control(frame: dict[str, Any], raw: bytes | str) -> ControlFrame:
     if event == "error":
         code, message = _code(frame, raw), _required(frame, "msg", raw)
         return ErrorReply(
-            code=code, message=message, inst_id=_named_instrument(frame, message), request_id=request_id
+            code=code,
+            message=message[:_MAX_MESSAGE],
+            inst_id=_named_instrument(frame, message),
+            request_id=request_id,
         )
     if event == "notice":
-        return Notice(code=_code(frame, raw), message=_required(frame, "msg", raw))
+        return Notice(code=_code(frame, raw), message=_required(frame, "msg", raw)[:_MAX_MESSAGE])
     if not isinstance(event, str):
         raise FrameRejected(RejectReason.TYPE, raw, "the event type must be a string")
-    raise FrameRejected(RejectReason.UNKNOWN_EVENT, raw, f"not consumed here: event {event!r}")
+    raise FrameRejected(RejectReason.UNKNOWN_EVENT, raw, f"not consumed here: event {event[:_MAX_TEXT]!r}")
 
 
 def _named_instrument(frame: dict[str, Any], message: str) -> str | None:

@@ -179,6 +179,17 @@ class PostgresTickRepository(TickRepository):
             highest: int | None = await connection.scalar(statement)
         return highest
 
+    async def latest_tick(self, exchange: Exchange, symbol: str) -> MarketTick | None:
+        statement = (
+            select(*_TICK_COLUMNS)
+            .where(_t.exchange == exchange.value, _t.symbol == symbol)
+            .order_by(_t.trade_id.desc())
+            .limit(1)
+        )
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(statement)).first()
+        return None if row is None else _tick(row)
+
     async def ticks_between(
         self, exchange: Exchange, symbol: str, start: datetime, end: datetime
     ) -> list[MarketTick]:

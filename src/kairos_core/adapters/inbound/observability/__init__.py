@@ -1,0 +1,1 @@
+"""How an operator sees the running service: Prometheus metrics, health endpoints, a terminal dashboard."""
