@@ -171,7 +171,8 @@ class Expected:
     control: int = 0
 
 
-def expected(exchange: Exchange, frames: Sequence[bytes]) -> Expected:
+def expected(exchange: Exchange, frames: Sequence[bytes], subscribed: Sequence[str]) -> Expected:
+    """``subscribed``: the symbols as ticks carry them; a trade of another is ``unknown_symbol``."""
     outcome = Expected()
     for raw in frames:
         try:
@@ -179,11 +180,11 @@ def expected(exchange: Exchange, frames: Sequence[bytes]) -> Expected:
         except FrameRejected as e:
             outcome.rejected[e.reason] += 1
             continue
-        if type(result) is MarketTick:
-            outcome.ticks.append(result)
-            outcome.tick_frames += 1
-        elif type(result) is tuple:
-            outcome.ticks.extend(result)
+        ticks = [result] if type(result) is MarketTick else list(result) if type(result) is tuple else None
+        if ticks is not None and any(tick.symbol not in subscribed for tick in ticks):
+            outcome.rejected[RejectReason.UNKNOWN_SYMBOL] += 1
+        elif ticks is not None:
+            outcome.ticks.extend(ticks)
             outcome.tick_frames += 1
         else:
             outcome.control += 1
@@ -513,7 +514,7 @@ async def test_hostile_frames_through_a_live_handler_become_ticks_or_counted_rej
     sent.append(good)
     await eventually(lambda: line.received(last, since), "the good frame sent last")
 
-    want = expected(line.case.exchange, sent)
+    want = expected(line.case.exchange, sent, line.case.tick_symbols)
     for reason in want.rejected:  # --hypothesis-show-statistics shows what the frames exercised
         event(f"rejected: {reason}")
     event(f"hostile frames with ticks: {want.tick_frames > len(sent) - len(batch)}")
