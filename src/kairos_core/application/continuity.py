@@ -24,7 +24,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 
 import structlog
@@ -336,16 +336,7 @@ class ContinuityGuard(TickSink):
         stats = self._stats(symbol)
         stats.unrecoverable += 1
         stats.unrecovered_ids += left
-        log.error(
-            "gap.unrecoverable",
-            exchange=self._exchange,
-            symbol=symbol,
-            from_id=gap.next,
-            to_id=gap.last,
-            missing=left,
-            reason=reason,
-        )
-        self._emit(
+        self._close_with(
             GapUnrecoverable(
                 exchange=self._exchange,
                 symbol=symbol,
@@ -361,16 +352,7 @@ class ContinuityGuard(TickSink):
         seconds = round(time.monotonic() - gap.detected_at, 3)
         stats = self._stats(symbol)
         stats.repair_seconds_max = max(stats.repair_seconds_max, seconds)
-        log.info(
-            "gap.repaired",
-            exchange=self._exchange,
-            symbol=symbol,
-            from_id=gap.first,
-            to_id=gap.last,
-            backfilled=backfilled,
-            seconds=seconds,
-        )
-        self._emit(
+        self._close_with(
             GapRepaired(
                 exchange=self._exchange,
                 symbol=symbol,
@@ -381,6 +363,14 @@ class ContinuityGuard(TickSink):
                 open_gaps=self._closed(symbol),
             )
         )
+
+    def _close_with(self, event: GapRepaired | GapUnrecoverable) -> None:
+        """Log the gap's end with the event's own fields, then put the event on the bus."""
+        if isinstance(event, GapRepaired):
+            log.info("gap.repaired", **asdict(event))
+        else:
+            log.error("gap.unrecoverable", **asdict(event))
+        self._emit(event)
 
     async def _follow_quiet(self, at_connect: dict[str, int]) -> None:
         await asyncio.sleep(self._follow_delay)
