@@ -98,6 +98,16 @@ class Settings(BaseSettings):
     backfill_max_age: float = Field(
         default=86_400.0, gt=0, description="seconds of downtime a restart still fetches from REST"
     )
+    binance_connection_lifetime: float = Field(
+        default=86_400.0,
+        ge=5,
+        description="seconds Binance keeps a connection; each is replaced before, make-before-break",
+    )
+    binance_watchdog: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds a Binance connection may deliver nothing before it is probed and replaced",
+    )
     database_url: str | None = None
     """None: an embedded PostgreSQL with its data in ``data_dir / "pg"``."""
     data_dir: Path = Field(default_factory=default_data_dir)
@@ -196,6 +206,8 @@ class Settings(BaseSettings):
     metrics_stale_after: float = Field(
         default=300.0, gt=0, description="seconds without a tick before a symbol is reported stale"
     )
+    metrics_stale_after_symbols: CommaList = ()
+    """Symbols' own thresholds: ``[exchange:]SYMBOL=SECONDS`` entries (``BTCUSDT=30,ETHUSDT=600``)."""
     log_format: LogFormat | None = None
     """None: console on a terminal, JSON otherwise."""
     log_level: LogLevel = LogLevel.INFO
@@ -263,6 +275,15 @@ class Settings(BaseSettings):
                 f"persist_batch_size ({self.persist_batch_size})"
             )
         return self
+
+    _split_stale_after_symbols = field_validator("metrics_stale_after_symbols", mode="before")(_comma_list)
+
+    @field_validator("metrics_stale_after_symbols", mode="after")
+    @classmethod
+    def _stale_after_symbols_readable(cls, entries: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in entries:
+            stale_override(entry)  # raises ValueError with the fix
+        return entries
 
     @field_validator("metrics_sample_every", mode="after")
     @classmethod
@@ -432,6 +453,8 @@ class FeedSettings(_Concern):
     max_frame_bytes: int
     backfill_max: int
     backfill_max_age: float
+    binance_connection_lifetime: float
+    binance_watchdog: float
 
     def symbols_by_exchange(self) -> dict[Exchange, tuple[str, ...]]:
         """The symbols of each exchange; ``ValueError`` says how to write a symbol list that cannot work."""
@@ -501,6 +524,34 @@ class MetricsSettings(_Concern):
     host: str = Field(validation_alias="metrics_host")
     sample_every: int = Field(validation_alias="metrics_sample_every")
     stale_after: float = Field(validation_alias="metrics_stale_after")
+    stale_after_symbols: tuple[str, ...] = Field(validation_alias="metrics_stale_after_symbols")
+
+    def stale_overrides(self) -> dict[tuple[Exchange | None, str], float]:
+        """Thresholds by ``(exchange, SYMBOL)``, or ``(None, SYMBOL)`` for the symbol on every
+        exchange; ``ValueError`` says how to write an entry that cannot be read. An entry may name
+        a symbol this node does not stream (ingest nodes split the symbols and may share a config)."""
+        overrides: dict[tuple[Exchange | None, str], float] = {}
+        for entry in self.stale_after_symbols:
+            exchange, symbol, threshold = stale_override(entry)
+            overrides[exchange, symbol] = threshold
+        return overrides
+
+
+def stale_override(entry: str) -> tuple[Exchange | None, str, float]:
+    """``[exchange:]SYMBOL=SECONDS`` read: ``(exchange or None, SYMBOL, seconds)``; else ``ValueError``."""
+    named, equals, seconds = entry.rpartition("=")
+    prefix, colon, symbol = named.rpartition(":")
+    exchange = next((e for e in Exchange if e.value == prefix.lower()), None) if colon else None
+    try:
+        threshold = float(seconds)
+    except ValueError:
+        threshold = 0.0
+    if not equals or not symbol or (colon and exchange is None) or not 0 < threshold < float("inf"):
+        raise ValueError(
+            f"entry {entry!r} is not [exchange:]SYMBOL=SECONDS with positive seconds: write e.g. "
+            "BTCUSDT=30,okx:BTC-USDT=600"
+        )
+    return exchange, symbol.upper(), threshold
 
 
 class NatsSettings(_Concern):

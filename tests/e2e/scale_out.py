@@ -133,7 +133,8 @@ class ScaleOutRun:
         await self._wait_stored(self.trades, timeout=max(60.0, 3 * self.trades / self.rate))
         note("every planned trade stored; stopping")
         for program in (*self.ingest, self.persist[1], *self.simulators):
-            assert await program.stop() == 0, f"{program.name} did not stop cleanly (see {program.log})"
+            code = await program.stop()
+            assert code == 0, f"{program.name} did not stop cleanly: exit {code} (see {program.log})"
         return await compare(self.expected_file, self.database_url)
 
     async def _wait_stored(self, count: int, timeout: float = 60.0) -> None:

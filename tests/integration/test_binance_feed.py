@@ -10,7 +10,7 @@ import pytest
 
 from kairos_core.adapters.inbound.feed_handler.aiohttp_client import AiohttpConnector
 from kairos_core.adapters.inbound.feed_handler.binance import BinanceFeedHandler
-from kairos_core.adapters.inbound.feed_handler.connection import WebSocketConnector
+from kairos_core.adapters.inbound.feed_handler.connection import HandshakeRejected, WebSocketConnector
 from kairos_core.adapters.inbound.feed_handler.reconnect import ReconnectPolicy
 from kairos_core.adapters.inbound.feed_handler.websockets_client import WebsocketsConnector
 from kairos_core.application.bus import BroadcastBus, Subscription
@@ -46,6 +46,7 @@ def feed_for(
     sink: TickCounter | BroadcastBus,
     connector: WebSocketConnector,
     symbols: tuple[str, ...] | None = None,
+    policy: ReconnectPolicy | None = None,
 ) -> BinanceFeedHandler:
     return BinanceFeedHandler(
         sink,
@@ -53,7 +54,7 @@ def feed_for(
         url=f"ws://127.0.0.1:{sim.port}/stream",
         rest_url=f"http://127.0.0.1:{sim.port}",
         connector=connector,
-        policy=fast_policy(),
+        policy=policy or fast_policy(),
     )
 
 
@@ -247,13 +248,34 @@ async def test_a_refusing_handshake_exits_without_retrying(
 
 
 async def test_other_client_errors_are_retried_five_times_then_refused(connector: WebSocketConnector) -> None:
-    sim = BinanceSimulator(("btcusdt",), handshake_status=429)
+    sim = BinanceSimulator(("btcusdt",), handshake_status=400)
     await sim.start()
     try:
         feed = feed_for(sim, BroadcastBus(), connector)
-        with pytest.raises(FeedRefused, match="HTTP 429, 5 times"):
+        with pytest.raises(FeedRefused, match="HTTP 400, 5 times"):
             await asyncio.wait_for(feed.start(), 10)
         assert sim.handshakes == 5
+    finally:
+        await sim.stop()
+
+
+async def test_a_rate_limited_handshake_is_retried_after_the_longest_backoff(
+    connector: WebSocketConnector,
+) -> None:
+    """429 (too many connections) and 418 (banned for it) are never final: the venue will let
+    the client in later, and retrying sooner would prolong a ban."""
+    sim = BinanceSimulator(("btcusdt",), handshake_status=429)
+    await sim.start()
+    try:
+        policy = ReconnectPolicy(initial_delay=0.001, max_delay=0.1)
+        feed = feed_for(sim, BroadcastBus(), connector, policy=policy)
+        running = asyncio.create_task(feed.start())
+        await eventually(lambda: sim.handshakes >= 8, timeout=5)  # past five 429s, still retrying
+        assert not running.done()
+        await feed.stop()
+        await running
+        delays = [policy.connection_ended(HandshakeRejected(429, "ws://x"), 0.0, "") for _ in range(20)]
+        assert all(0.05 <= delay <= 0.1 for delay in delays), "each retry waits half to all of max_delay"
     finally:
         await sim.stop()
 

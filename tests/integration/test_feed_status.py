@@ -9,8 +9,7 @@ import pytest
 
 from kairos_core.adapters.inbound.feed_handler.aiohttp_client import AiohttpConnector
 from kairos_core.adapters.inbound.feed_handler.binance import BinanceFeedHandler
-from kairos_core.adapters.inbound.feed_handler.feed_base import ReconnectReason
-from kairos_core.adapters.inbound.feed_handler.reconnect import ReconnectPolicy
+from kairos_core.adapters.inbound.feed_handler.reconnect import ReconnectPolicy, ReconnectReason
 from kairos_core.application.bus import BroadcastBus
 from kairos_core.simulator.binance import BinanceSimulator
 from tests.integration.test_binance_feed import eventually
@@ -73,6 +72,7 @@ async def test_a_connection_that_sends_nothing_shows_its_silence(simulator: Bina
         await eventually(lambda: feed.status().connections[0].up)
         assert feed.status().connections[0].silent_seconds < 0.2
         await simulator.halt()  # the connection stays open, and quiet
+        await asyncio.sleep(0.2)  # frames already on their way over the socket arrive
         feed.status()  # the last frames are seen here; silence counts from this look on
         await asyncio.sleep(0.5)
         connection = feed.status().connections[0]

@@ -41,27 +41,61 @@ def test_duration_stops_the_simulator() -> None:
     assert main(["simulate", "--port", "0", "--duration", "0.2", "--log-format", "json"]) == 0
 
 
-def test_a_planned_run_writes_the_expected_file_and_its_counters_at_exit(tmp_path: Path) -> None:
-    expected = tmp_path / "expected.csv"
-    arguments = ["--port", "0", "--duration", "0.2", "--log-format", "json", "--symbols", "btcusdt"]
-    plan = ["--trades", "50", "--expected-file", str(expected), "--id-base", "7", "--seed", "1"]
-    faults = ["--drop-every", "1", "--drop-random", "--withhold-every", "5", "--garbage-every", "3"]
-    faults += ["--oversize-every", "4", "--duplicate-every", "2", "--rest-429-every", "3"]
-    # A process of its own: module loggers keep the stream of the first main() in this one.
+def counters_at_exit(cwd: Path, *arguments: str) -> dict[str, int]:
+    """Run ``simulate`` for 0.2 s with ``arguments``; the counters of its ``simulator.stopped`` line.
+
+    A process of its own: module loggers keep the stream of the first main() in this one.
+    """
+    run = ["--port", "0", "--duration", "0.2", "--log-format", "json", *arguments]
     result = subprocess.run(
-        [sys.executable, "-m", "kairos_core", "simulate", *arguments, *plan, *faults],
+        [sys.executable, "-m", "kairos_core", "simulate", *run],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-        cwd=tmp_path,
+        cwd=cwd,
     )
     assert result.returncode == 0, result.stderr
-    assert expected.read_text().splitlines() == [f"binance,BTCUSDT,{i}" for i in range(7, 57)]
     stopped = [json.loads(line) for line in result.stderr.splitlines() if "simulator.stopped" in line]
     assert len(stopped) == 1
-    assert stopped[0]["trades_made"] == 0, "nobody connected: a planned run waits for its first client"
-    assert {"drops", "garbage_sent", "oversize_sent", "duplicates_sent", "rest_refused"} <= set(stopped[0])
+    return dict(stopped[0])
+
+
+def test_a_planned_run_writes_the_expected_file_and_its_counters_at_exit(tmp_path: Path) -> None:
+    expected = tmp_path / "expected.csv"
+    plan = ["--trades", "50", "--expected-file", str(expected), "--id-base", "7", "--seed", "1"]
+    faults = ["--drop-every", "1", "--drop-random", "--withhold-every", "5", "--garbage-every", "3"]
+    faults += ["--oversize-every", "4", "--duplicate-every", "2", "--rest-429-every", "3"]
+    counters = counters_at_exit(tmp_path, "--symbols", "btcusdt", *plan, *faults)
+    assert expected.read_text().splitlines() == [f"binance,BTCUSDT,{i}" for i in range(7, 57)]
+    assert counters["trades_made"] == 0, "nobody connected: a planned run waits for its first client"
+    assert {"drops", "garbage_sent", "oversize_sent", "duplicates_sent", "rest_refused"} <= set(counters)
+
+
+@pytest.mark.parametrize(
+    ("exchange", "faults", "expected"),
+    [
+        (
+            ["--symbols", "btcusdt"],
+            [
+                *("--shutdown-every", "1", "--shutdown-grace", "0.5", "--lifetime", "5"),
+                *("--silent-after", "3", "--connection-budget", "10", "--budget-window", "60"),
+            ],
+            {"shutdown_notices", "lifetime_closes", "silenced", "trades_silenced", "handshakes_refused"}
+            | {"streams_refused", "rate_limited"},
+        ),
+        (
+            ["--exchange", "okx", "--symbols", "BTC-USDT"],
+            ["--notice-every", "1", "--shutdown-grace", "0.5", "--lifetime", "5"],
+            {"shutdown_notices", "shutdown_closes", "lifetime_closes", "pings", "idle_closes"},
+        ),
+    ],
+    ids=["binance", "okx"],
+)
+def test_connection_faults_are_taken_and_counted_at_exit(
+    tmp_path: Path, exchange: list[str], faults: list[str], expected: set[str]
+) -> None:
+    assert expected <= set(counters_at_exit(tmp_path, *exchange, *faults))
 
 
 @pytest.mark.parametrize(
@@ -71,6 +105,14 @@ def test_a_planned_run_writes_the_expected_file_and_its_counters_at_exit(tmp_pat
         (["--drop-random"], "--drop-random needs --drop-every SECONDS"),
         (["--exchange", "okx", "--symbols", "BTC-USDT", "--drop-every", "2"], "--drop-every shape Binance's"),
         (["--bench", "--trades", "10"], "--trades shape Binance's random walk"),
+        (["--notice-every", "2"], "--notice-every: OKX only; for Binance use --shutdown-every"),
+        (
+            ["--exchange", "okx", "--symbols", "BTC-USDT", "--silent-after", "2"],
+            "--silent-after: Binance only; drop for --exchange okx",
+        ),
+        (["--shutdown-grace", "2"], "--shutdown-grace needs --shutdown-every SECONDS"),
+        (["--budget-window", "60"], "--budget-window needs --connection-budget N"),
+        (["--bench", "--lifetime", "10"], "--lifetime: not for --bench"),
     ],
 )
 def test_plans_and_faults_that_cannot_apply_exit_2(
@@ -80,8 +122,18 @@ def test_plans_and_faults_that_cannot_apply_exit_2(
     assert message in error_line(capsys)
 
 
-def test_a_fault_period_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("flag", "complaint"),
+    [
+        ("--garbage-every", "must be a positive whole number"),
+        ("--connection-budget", "must be a positive whole number"),
+        ("--lifetime", "must be a positive number of seconds"),
+    ],
+)
+def test_a_fault_period_must_be_positive(
+    flag: str, complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exited:
-        main(["simulate", "--garbage-every", "0"])
+        main(["simulate", flag, "0"])
     assert exited.value.code == 2
-    assert "--garbage-every: must be a positive whole number" in capsys.readouterr().err
+    assert f"{flag}: {complaint}" in capsys.readouterr().err

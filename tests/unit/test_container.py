@@ -142,7 +142,9 @@ def test_the_built_parts_follow_the_settings(
     (feed,) = container.feeds()
     assert isinstance(feed, BinanceFeedHandler)
     assert feed.symbols == ("solusdt", "adausdt")
-    assert feed.stream_url == "ws://127.0.0.1:1/stream?streams=solusdt@aggTrade/adausdt@aggTrade"
+    assert [feed.url_for(link.shard) for link in feed.links] == [
+        "ws://127.0.0.1:1/stream?streams=solusdt@aggTrade/adausdt@aggTrade"
+    ]
 
 
 def test_the_environment_wins_over_the_settings_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

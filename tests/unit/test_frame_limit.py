@@ -70,6 +70,11 @@ def test_a_bad_limit_from_the_environment_exits_2_naming_the_variable(
 class OversizeSession(WebSocketSession):
     """A connection whose client refused a message over ``limit``: ``pump`` raises at once."""
 
+    frames = 0
+
+    def hand_over(self, on_frame: FrameHandler) -> None:
+        return None
+
     def __init__(self, limit: int, size: int | None) -> None:
         self._error = FrameTooLarge(limit, size)
 

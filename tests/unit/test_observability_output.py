@@ -45,6 +45,7 @@ SNAPSHOT = ServiceSnapshot(
             ),
             reconnects={"connect": 3, "dropped": 1},
             rejected={"json": 2},
+            rotations={"lifetime": 2},
         ),
     ),
     symbols=(
@@ -220,6 +221,9 @@ def test_every_metric_the_docs_and_the_grafana_dashboard_name_is_exported() -> N
     docs = Path(__file__).resolve().parents[2] / "docs"
     text = generate_latest(metrics_registry(FixedStatus())).decode()
     exported = {family.name for family in text_string_to_metric_families(text)} | set(scraped())
+    from tests.unit.test_observability_nats import nats_metric_names  # (imports this module)
+
+    exported |= nats_metric_names()
     named = set(re.findall(r"\bkairos_[a-z_]+", (docs / "grafana-dashboard.json").read_text()))
     named |= set(re.findall(r"`(kairos_[a-z_]+)`", (docs / "operations.md").read_text()))
 

@@ -124,7 +124,15 @@ def test_refusing_status_raises_even_after_a_stable_connection(status: int) -> N
         policy().connection_ended(rejected(status), 3600.0, HINT)
 
 
-@pytest.mark.parametrize("status", [400, 404, 410, 429])
+@pytest.mark.parametrize("status", [429, 418])
+def test_rate_limited_handshakes_are_never_final_and_wait_the_longest_backoff(status: int) -> None:
+    backoff = policy()
+    delays = [backoff.connection_ended(rejected(status), BRIEF, HINT) for _ in range(20)]
+
+    assert_within_jitter(delays, [backoff.max_delay] * 20)
+
+
+@pytest.mark.parametrize("status", [400, 404, 410])
 def test_other_client_error_is_final_on_the_fifth_in_a_row(status: int) -> None:
     backoff = policy()
     delays = [backoff.connection_ended(rejected(status), BRIEF, HINT) for _ in range(4)]

@@ -43,6 +43,14 @@ CONTRACT = [
     ("--backfill-max", "KAIROS_BACKFILL_MAX", "backfill_max", "5000", 5000),
     ("--backfill-max-age", "KAIROS_BACKFILL_MAX_AGE", "backfill_max_age", "3600", 3600.0),
     (
+        "--binance-connection-lifetime",
+        "KAIROS_BINANCE_CONNECTION_LIFETIME",
+        "binance_connection_lifetime",
+        "600",
+        600.0,
+    ),
+    ("--binance-watchdog", "KAIROS_BINANCE_WATCHDOG", "binance_watchdog", "15", 15.0),
+    (
         "--database-url",
         "KAIROS_DATABASE_URL",
         "database_url",
@@ -58,6 +66,13 @@ CONTRACT = [
     ("--metrics-host", "KAIROS_METRICS_HOST", "metrics_host", "0.0.0.0", "0.0.0.0"),
     ("--metrics-sample-every", "KAIROS_METRICS_SAMPLE_EVERY", "metrics_sample_every", "16", 16),
     ("--metrics-stale-after", "KAIROS_METRICS_STALE_AFTER", "metrics_stale_after", "60", 60.0),
+    (
+        "--metrics-stale-after-symbols",
+        "KAIROS_METRICS_STALE_AFTER_SYMBOLS",
+        "metrics_stale_after_symbols",
+        "BTCUSDT=30, okx:BTC-USDT=600",
+        ("BTCUSDT=30", "okx:BTC-USDT=600"),
+    ),
     ("--log-format", "KAIROS_LOG_FORMAT", "log_format", "console", LogFormat.CONSOLE),
     ("--log-level", "KAIROS_LOG_LEVEL", "log_level", "debug", LogLevel.DEBUG),
 ]

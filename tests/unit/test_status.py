@@ -113,15 +113,19 @@ def test_each_subscriber_times_every_nth_item_it_reads() -> None:
 def test_the_snapshot_reports_every_configured_symbol_and_flags_stale_ones() -> None:
     bus = BroadcastBus()
     counter = TickCounter(bus)
-    counter.publish(numbered_tick(1)._replace(received_at_ns=NOW_NS - 400 * 10**9))
-    counter.publish(numbered_tick(2, "ETHUSDT")._replace(received_at_ns=NOW_NS - 2 * 10**9))
-    status = reader(
-        counter,
-        bus,
+    now = [0]
+    status = ServiceStatusReader(
+        bus=bus,
+        counter=counter,
         symbols=[(Exchange.BINANCE, "BTCUSDT"), (Exchange.BINANCE, "SOLUSDT")],
         feeds=[FakeFeedStatus()],
         policy=HealthPolicy(stale_after=300),
+        clock=lambda: now[0],
     )
+    counter.publish(numbered_tick(1))
+    status.snapshot()  # a look sees BTCUSDT's tick at 0 s
+    counter.publish(numbered_tick(2, "ETHUSDT"))
+    now[0] = 400 * 10**9
 
     snapshot = status.snapshot()
 
@@ -130,6 +134,7 @@ def test_the_snapshot_reports_every_configured_symbol_and_flags_stale_ones() -> 
     assert by_symbol["BTCUSDT"].stale
     assert by_symbol["BTCUSDT"].seconds_since_last_tick == pytest.approx(400)
     assert not by_symbol["ETHUSDT"].stale
+    assert by_symbol["SOLUSDT"].stale, "a configured symbol that never traded is silent since the start"
     assert by_symbol["SOLUSDT"].ticks == 0
     assert by_symbol["SOLUSDT"].last_price is None
     assert snapshot.readiness.ready, "a stale symbol is reported, not a reason to be unready"

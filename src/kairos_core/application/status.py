@@ -1,10 +1,14 @@
-"""The service's counters read into one snapshot, and whether the service is ready."""
+"""The service's counters read into one snapshot, whether the service is ready, and which symbols
+have gone quiet."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
 
 from kairos_core.application.bus import BroadcastBus
 from kairos_core.application.consumers.persistence import PersistenceConsumer
@@ -12,10 +16,12 @@ from kairos_core.application.consumers.risk_engine import RiskEngineConsumer
 from kairos_core.application.consumers.strategy_engine import StrategyEngine
 from kairos_core.application.continuity import ContinuityGuard, ContinuityStats
 from kairos_core.application.tick_counter import TickCounter
-from kairos_core.domain import Exchange, OrderExecutionPort
+from kairos_core.domain import Exchange, MarketTick, OrderExecutionPort
 from kairos_core.domain.status import (
     FeedStatus,
     FeedStatusPort,
+    NatsStatus,
+    NatsStatusPort,
     PersistenceStatus,
     Readiness,
     ServiceSnapshot,
@@ -25,8 +31,12 @@ from kairos_core.domain.status import (
     TradingStatus,
 )
 
+log = structlog.get_logger(__name__)
+
 DEFAULT_DOWN_GRACE = 5.0
 DEFAULT_STALE_AFTER = 300.0
+LOOK_EVERY_MAX, LOOK_EVERY_MIN = 1.0, 0.1
+"""Seconds between the staleness watch's looks: 1, or a quarter of the shortest threshold."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,6 +46,23 @@ class HealthPolicy:
     stale_after: float = DEFAULT_STALE_AFTER
     """Seconds without a live tick before a symbol is reported stale (not a readiness failure:
     a quiet market is not a sick service)."""
+    stale_after_symbols: Mapping[tuple[Exchange | None, str], float] = field(default_factory=dict)
+    """Symbols' own thresholds: by ``(exchange, SYMBOL)``, or ``(None, SYMBOL)`` on every exchange."""
+
+    def stale_threshold(self, exchange: Exchange, symbol: str) -> float:
+        own = self.stale_after_symbols
+        if not own:
+            return self.stale_after
+        found = own.get((exchange, symbol))
+        if found is None:
+            found = own.get((None, symbol))
+        return self.stale_after if found is None else found
+
+    @property
+    def look_every(self) -> float:
+        """Seconds between looks that catch every threshold within a quarter of itself."""
+        shortest = min((self.stale_after, *self.stale_after_symbols.values()))
+        return min(LOOK_EVERY_MAX, max(LOOK_EVERY_MIN, shortest / 4))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,13 +74,27 @@ class Trading:
     book: OrderExecutionPort
 
 
+class _Freshness:
+    """What the looks have seen of one symbol: its last live tick, since when, and the verdict."""
+
+    __slots__ = ("last", "since_ns", "stale")
+
+    def __init__(self, since_ns: int) -> None:
+        self.last: MarketTick | None = None
+        self.since_ns = since_ns
+        self.stale = False
+
+
 class ServiceStatusReader(StatusSource):
     """Copies every component's plain counters into a ``ServiceSnapshot``; nothing here is on the
-    hot path, it runs once per scrape, probe or dashboard refresh.
+    hot path, it runs once per scrape, probe, dashboard refresh or staleness look.
 
     ``symbols`` are the configured ones in the ticks' form: each is reported from the start, one
-    with no tick yet as silent since the reader was made. ``clock`` is wall-clock epoch
-    nanoseconds, the clock ticks' ``received_at_ns`` is read with.
+    with no tick yet as silent since the reader was made. A symbol's silence is measured as a
+    connection's is: a look that finds another last live tick in the ``TickCounter``'s slot than
+    the look before restarts it, so it is exact to the interval between looks (``watch`` looks
+    every second) and the hot path keeps no clock. Crossing its threshold is logged once each
+    way: ``symbol.stale`` (warning) and ``symbol.fresh``. ``clock`` is monotonic nanoseconds.
     """
 
     def __init__(
@@ -67,7 +108,8 @@ class ServiceStatusReader(StatusSource):
         persistence: PersistenceConsumer | None = None,
         trading: Trading | None = None,
         policy: HealthPolicy | None = None,
-        clock: Callable[[], int] = time.time_ns,
+        nats: NatsStatusPort | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self._bus = bus
         self._counter = counter
@@ -77,15 +119,18 @@ class ServiceStatusReader(StatusSource):
         self._trading = trading
         self._policy = policy or HealthPolicy()
         self._clock = clock
+        self._nats = nats
         self._expected = tuple(symbols)
         self._started_ns = clock()
+        self._freshness: dict[tuple[Exchange, str], _Freshness] = {}
 
     def snapshot(self) -> ServiceSnapshot:
         feeds = tuple(feed.status() for feed in self._feeds)
         persistence = self._persistence_status()
+        nats = None if self._nats is None else self._nats.status()
         return ServiceSnapshot(
             feeds=feeds,
-            symbols=self._symbols(),
+            symbols=self.symbols(),
             subscribers=self._subscribers(),
             persistence=persistence,
             trading=self._trading_status(),
@@ -93,11 +138,21 @@ class ServiceStatusReader(StatusSource):
                 exchange: histogram.snapshot()
                 for exchange, histogram in self._counter.trade_to_receipt.items()
             },
-            readiness=self._readiness(feeds, persistence),
+            readiness=self._readiness(feeds, persistence, nats),
             stale_after=self._policy.stale_after,
+            nats=nats,
         )
 
-    def _symbols(self) -> tuple[SymbolStatus, ...]:
+    async def watch(self) -> None:
+        """Look at the symbols every ``HealthPolicy.look_every`` seconds until cancelled, so a
+        symbol's crossing is logged when it happens, scraped or not."""
+        every = self._policy.look_every
+        while True:
+            self.symbols()
+            await asyncio.sleep(every)
+
+    def symbols(self) -> tuple[SymbolStatus, ...]:
+        """Every symbol's counters and silence; a look (see the class)."""
         now = self._clock()
         continuity: dict[tuple[Exchange, str], ContinuityStats] = {
             (guard.exchange, symbol): stats for guard in self._guards for symbol, stats in guard.stats.items()
@@ -109,7 +164,8 @@ class ServiceStatusReader(StatusSource):
             count = counted.get(key)
             tick = None if count is None else count.last
             gaps = continuity.get(key) or ContinuityStats()
-            age = max(0.0, (now - (self._started_ns if tick is None else tick.received_at_ns)) / 1e9)
+            threshold = self._policy.stale_threshold(*key)
+            age, stale = self._look(key, tick, now, threshold)
             symbols.append(
                 SymbolStatus(
                     exchange=key[0],
@@ -119,7 +175,8 @@ class ServiceStatusReader(StatusSource):
                     last_price=None if tick is None else tick.price,
                     last_trade_ms=None if tick is None else tick.timestamp_ms,
                     seconds_since_last_tick=age,
-                    stale=age > self._policy.stale_after,
+                    stale_after=threshold,
+                    stale=stale,
                     duplicates=gaps.duplicates,
                     gaps=gaps.gaps,
                     unrecoverable=gaps.unrecoverable,
@@ -128,6 +185,33 @@ class ServiceStatusReader(StatusSource):
                 )
             )
         return tuple(symbols)
+
+    def _look(
+        self, key: tuple[Exchange, str], last: MarketTick | None, now: int, threshold: float
+    ) -> tuple[float, bool]:
+        """``key``'s silence in seconds and whether it is stale; logs a crossing either way."""
+        seen = self._freshness.get(key)
+        if seen is None:
+            seen = self._freshness[key] = _Freshness(self._started_ns)
+        silent_ns = now - seen.since_ns
+        if last is not seen.last:
+            seen.last, seen.since_ns = last, now
+        age = max(0.0, (now - seen.since_ns) / 1e9)
+        stale = age > threshold
+        if stale != seen.stale:
+            seen.stale = stale
+            exchange, symbol = key
+            if stale:
+                log.warning(
+                    "symbol.stale",
+                    exchange=exchange,
+                    symbol=symbol,
+                    age_s=round(age, 1),
+                    stale_after_s=threshold,
+                )
+            else:
+                log.info("symbol.fresh", exchange=exchange, symbol=symbol, silent_s=round(silent_ns / 1e9, 1))
+        return age, stale
 
     def _subscribers(self) -> tuple[SubscriberStatus, ...]:
         latency = self._bus.latency()
@@ -172,8 +256,12 @@ class ServiceStatusReader(StatusSource):
             positions=tuple(trading.book.positions()),
         )
 
-    def _readiness(self, feeds: Sequence[FeedStatus], persistence: PersistenceStatus | None) -> Readiness:
+    def _readiness(
+        self, feeds: Sequence[FeedStatus], persistence: PersistenceStatus | None, nats: NatsStatus | None
+    ) -> Readiness:
         problems = []
+        if nats is not None and not nats.connected and nats.state_seconds > self._policy.down_grace:
+            problems.append(f"NATS connection {nats.server} down for {nats.state_seconds:.0f} s")
         for feed in feeds:
             for connection in feed.connections:
                 where = f"{connection.exchange} connection {connection.name}"

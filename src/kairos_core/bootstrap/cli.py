@@ -49,6 +49,13 @@ RUN_ONLY = (
         "oversize_every",
         "duplicate_every",
         "rest_429_every",
+        "shutdown_every",
+        "notice_every",
+        "shutdown_grace",
+        "lifetime",
+        "silent_after",
+        "connection_budget",
+        "budget_window",
     ),  # the simulator's planned run and faults (_add_fault_options)
 )
 
@@ -66,6 +73,13 @@ ROLES = (
         "store the ticks of NATS JetStream (--nats-url) into PostgreSQL",
         "A persist node: the shared durable consumer (--nats-durable) -> PostgreSQL, each batch "
         "acknowledged after its commit. Several share the work and take over a dead one's batches.",
+    ),
+    (
+        "watch",
+        "read the ticks of NATS (--nats-url) into the price monitor, strategy and risk; no database",
+        "A remote reader on any machine: the subjects of --symbols (<prefix>.<exchange>.<SYMBOL>) as "
+        "feeds into the bus, the price monitor, the strategy and risk with paper fills. Live and at "
+        "most once, like an exchange's stream; ingest nodes publish, persist nodes store.",
     ),
 )
 """The scale-out roles: ``(command, help, description)``; docs/scaling.md tells the whole story."""
@@ -163,6 +177,20 @@ def _run_options() -> OneLineParser:
         "hole is logged as unrecoverable [KAIROS_BACKFILL_MAX_AGE; default 86400]",
     )
     add(
+        "--binance-connection-lifetime",
+        type=_positive("seconds"),
+        metavar="SECONDS",
+        help="how long Binance keeps a connection; each is replaced make-before-break at 90-97.5 %% "
+        "of it, staggered [KAIROS_BINANCE_CONNECTION_LIFETIME; default 86400]",
+    )
+    add(
+        "--binance-watchdog",
+        type=_positive("seconds"),
+        metavar="SECONDS",
+        help="a Binance connection that delivers nothing this long is pinged: replaced at once if it "
+        "does not answer, make-before-break if it does [KAIROS_BINANCE_WATCHDOG; default 60]",
+    )
+    add(
         "--database-url",
         metavar="URL",
         help="PostgreSQL URL [KAIROS_DATABASE_URL; default: embedded PostgreSQL]",
@@ -202,7 +230,7 @@ def _run_options() -> OneLineParser:
         "--nats-url",
         metavar="URL",
         help="NATS server(s), a comma list: with it the service also publishes every tick there; "
-        "ingest and persist need it [KAIROS_NATS_URL; default none]",
+        "ingest, persist and watch need it [KAIROS_NATS_URL; default none]",
     )
     add(
         "--metrics-port",
@@ -222,6 +250,12 @@ def _run_options() -> OneLineParser:
         metavar="SECONDS",
         help="a symbol without a tick this long is reported stale (not unready) "
         "[KAIROS_METRICS_STALE_AFTER; default 300]",
+    )
+    add(
+        "--metrics-stale-after-symbols",
+        metavar="LIST",
+        help="symbols' own stale thresholds, a comma list of [exchange:]SYMBOL=SECONDS, e.g. "
+        "BTCUSDT=30,ETHUSDT=600 [KAIROS_METRICS_STALE_AFTER_SYMBOLS; default none]",
     )
     add(
         "--dashboard",
@@ -401,6 +435,25 @@ def _add_fault_options(simulate: argparse.ArgumentParser) -> None:
         ("rest-429", "answer every K-th REST request 429 with Retry-After: 1"),
     ):
         add(f"--{name}-every", type=_positive_int, metavar="K", help=what)
+    connections = simulate.add_argument_group(
+        "connection faults and limits (each connection on its own clock; Binance unless marked)"
+    )
+    add = connections.add_argument
+    for flag, what in (
+        ("--shutdown-every", "send serverShutdown every SECONDS of a connection's life, then close it"),
+        ("--notice-every", "OKX: send notice 64008 every SECONDS of a connection's life, then close it"),
+        ("--shutdown-grace", "Binance and OKX: close a connection this long after its notice (default 1)"),
+        ("--lifetime", "Binance and OKX: close every connection this long after it opened, unannounced"),
+        ("--silent-after", "stop sending on a connection this long after it opened; pings still answered"),
+        ("--budget-window", "with --connection-budget: the sliding window (default 300)"),
+    ):
+        add(flag, type=_positive("seconds"), metavar="SECONDS", help=what)
+    add(
+        "--connection-budget",
+        type=_positive_int,
+        metavar="N",
+        help="answer a handshake 429 once N connections were accepted within --budget-window",
+    )
 
 
 def setting_flags() -> dict[str, str]:

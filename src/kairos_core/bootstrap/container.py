@@ -10,6 +10,7 @@ container.service()``), released by ``await container.shutdown_resources()``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -21,6 +22,7 @@ from kairos_core.adapters.inbound.feed_handler.binance_history import BinanceTra
 from kairos_core.adapters.inbound.feed_handler.feed_base import WebSocketFeed
 from kairos_core.adapters.inbound.feed_handler.okx import OkxFeedHandler, okx_symbols
 from kairos_core.adapters.inbound.feed_handler.okx_history import OkxTradeHistory
+from kairos_core.adapters.inbound.feed_handler.planner import BINANCE_LIMITS, ConnectionPlanner
 from kairos_core.adapters.outbound.paper_broker import PaperBroker
 from kairos_core.adapters.outbound.postgres import PostgresTickRepository
 from kairos_core.application.bus import BroadcastBus
@@ -39,7 +41,7 @@ from kairos_core.application.strategies import (
 )
 from kairos_core.application.tick_counter import TickCounter
 from kairos_core.bootstrap.database import database_engine, database_url
-from kairos_core.bootstrap.observability import build_status, draw_dashboard, sampling, serve_metrics
+from kairos_core.bootstrap.observability import build_status, draw_dashboard, observe, sampling
 from kairos_core.domain import Exchange, MarketDataSink, MarketFeedPort, Strategy, TickSink
 from kairos_core.settings import FeedSettings, RiskSettings, Settings, StrategyName, StrategySettings
 
@@ -111,8 +113,15 @@ def _feed(exchange: Exchange, feeds: FeedSettings, sink: TickSink) -> WebSocketF
     symbols = feeds.symbols_by_exchange()[exchange]
     connector = AiohttpConnector(max_frame_bytes=feeds.max_frame_bytes)
     if exchange is Exchange.BINANCE:
+        limits = replace(BINANCE_LIMITS, lifetime=feeds.binance_connection_lifetime)
         return BinanceFeedHandler(
-            sink, symbols, url=feeds.binance_ws_url, rest_url=feeds.binance_rest_url, connector=connector
+            sink,
+            symbols,
+            url=feeds.binance_ws_url,
+            rest_url=feeds.binance_rest_url,
+            connector=connector,
+            planner=ConnectionPlanner(limits),
+            watchdog=feeds.binance_watchdog,
         )
     return OkxFeedHandler(sink, symbols, url=feeds.okx_ws_url, connector=connector)
 
@@ -217,7 +226,7 @@ class Container(containers.DeclarativeContainer):
         consumers,
         broker,
     )
-    metrics = providers.Resource(serve_metrics, settings.provided.metrics, status)
+    metrics = providers.Resource(observe, settings.provided.metrics, status)  # and the staleness watch
     dashboard = providers.Resource(draw_dashboard, show_dashboard, status, dashboard_log)
 
     service = providers.Singleton(

@@ -55,6 +55,8 @@ class FeedStatus:
     """Reconnects by reason (``watchdog``, ``dropped``, ``connect``, ...)."""
     rejected: Mapping[str, int]
     """Rejected frames by ``RejectReason``."""
+    rotations: Mapping[str, int] = field(default_factory=dict)
+    """Connections replaced make-before-break, by reason (``lifetime``, ``announced``, ``silent``)."""
 
 
 @runtime_checkable
@@ -77,8 +79,13 @@ class SymbolStatus:
     """Of the last live tick; None before the first."""
     last_trade_ms: int | None = None
     seconds_since_last_tick: float
-    """Since the receipt of the last live tick, or since the service started before the first."""
+    """Since the first look (a scrape, a probe, the staleness watch) that saw its last live tick,
+    or since the service started before the first: measured between looks, with this host's
+    monotonic clock, so the hot path keeps no clock and another host's clock does not count."""
+    stale_after: float = 300.0
+    """Its threshold: the default, or its own (``--metrics-stale-after-symbols``)."""
     stale: bool = False
+    """``seconds_since_last_tick`` exceeds ``stale_after``."""
     duplicates: int = 0
     gaps: int = 0
     unrecoverable: int = 0
@@ -128,6 +135,82 @@ class TradingStatus:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NatsPublisherStatus:
+    """An ingest node's publishing into JetStream."""
+
+    published: int
+    """Ticks published (first attempts; retries are counted apart)."""
+    stored: int
+    """Confirmed by the stream as new."""
+    duplicates: int
+    """Confirmed as already stored (dropped by the stream's duplicate window)."""
+    retries: Mapping[str, int]
+    """Publishes repeated, by what failed: ``refused`` (the stream answered with an error),
+    ``timeout`` (no ack in time), ``unsent`` (not written: disconnected or closed)."""
+    unconfirmed: int
+    """Published and not yet confirmed (acks outstanding, retries due)."""
+    window: int
+    """The bound on ``unconfirmed``; at it the publisher, and then the feeds, wait."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsPersistStatus:
+    """A persist node's side of the shared durable consumer."""
+
+    fetched: int
+    """Messages delivered to this node, redeliveries included."""
+    redelivered: int
+    """Of those, delivered before: a node died or a commit outlasted the ack wait."""
+    acked: int
+    """Acknowledged after their batch committed."""
+    released: int
+    """Handed back unstored (a stop during a database outage)."""
+    rejected: int
+    """Not a tick: terminated, never delivered again."""
+    batch_seconds: HistogramSnapshot | None = None
+    """Each acknowledged batch, from being handed out to its ack: the commit, retries included."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsFeedStatus:
+    """A remote reader's feed of one exchange's ticks from NATS."""
+
+    exchange: Exchange
+    received: int
+    rejected: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsStatus:
+    """The NATS connection of a scale-out role and the parts that use it."""
+
+    server: str
+    """``host:port`` of the server connected to (or last connected to)."""
+    connected: bool
+    state_seconds: float
+    """Since the connection was seen up or down (between looks, as a feed's silence)."""
+    reconnects: int
+    publisher: NatsPublisherStatus | None = None
+    persist: NatsPersistStatus | None = None
+    feeds: tuple[NatsFeedStatus, ...] = ()
+
+
+@runtime_checkable
+class NatsStatusPort(Protocol):
+    """The NATS parts of a process, read for metrics and health."""
+
+    def status(self) -> NatsStatus: ...
+
+
+class Histogram(Protocol):
+    """Observations into buckets, read as a snapshot (an adapter is handed one to fill)."""
+
+    def observe_ns(self, nanoseconds: int) -> None: ...
+
+    def snapshot(self) -> HistogramSnapshot: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Readiness:
     """Whether the service does its job; ``problems`` say what is wrong when it does not."""
 
@@ -146,7 +229,9 @@ class ServiceSnapshot:
     """Exchange trade time to local receipt, sampled; empty while sampling is off."""
     readiness: Readiness
     stale_after: float
-    """Seconds without a live tick after which a symbol is reported stale."""
+    """Seconds without a live tick after which a symbol is reported stale, unless it has its own."""
+    nats: NatsStatus | None = None
+    """The scale-out roles' and a publishing service's NATS parts; None without NATS."""
 
 
 class StatusSource(Protocol):

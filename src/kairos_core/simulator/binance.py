@@ -16,8 +16,10 @@ ascending. REST answers carry ``X-MBX-USED-WEIGHT-1M``; past ``weight_limit`` pe
 Test hooks: ``inject`` sends any frame, ``drop_connections`` cuts every client,
 ``handshake_status`` answers every stream handshake with that HTTP status instead, and
 ``refuse_rest`` answers the next REST requests 429 or 418 with ``Retry-After``. Faults on a
-schedule (drops, withheld, duplicated, garbage and oversize frames, REST 429s): see
-``BinanceSimulator`` and ``faults.py``.
+schedule (drops, withheld, duplicated, garbage and oversize frames, REST 429s, and per connection
+shutdown notices, lifetime closes and silence): see ``BinanceSimulator`` and ``faults.py``.
+Binance's documented limits hold: at most 1024 streams a connection, 5 incoming messages a second
+(requests, PING and PONG frames) a connection, and, when given, a budget of new connections.
 """
 
 from __future__ import annotations
@@ -48,14 +50,15 @@ from kairos_core.domain import Exchange, MarketTick, Side
 from kairos_core.simulator.binance_rest import REST_PATHS, BinanceRest, TradeHistory
 from kairos_core.simulator.faults import (
     OVERSIZE_BYTES,
+    ConnectionFaults,
     drop_intervals,
     garbage_frame,
     oversize_frame,
     positive,
 )
 from kairos_core.simulator.recordings import recorded_agg_trades
-from kairos_core.simulator.subscriptions import Subscriptions
-from kairos_core.simulator.venue import Pacer, SimulatedVenue
+from kairos_core.simulator.subscriptions import MAX_STREAMS, Subscriptions
+from kairos_core.simulator.venue import ConnectionLimits, Pacer, SimulatedVenue, VenueConnection
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +66,7 @@ _PRICE_STEP = Decimal("0.01")
 _QUANTITY_STEP = Decimal("0.00000001")
 _STARTING_PRICES = {"btcusdt": 60_000, "ethusdt": 3_000, "bnbusdt": 500, "solusdt": 150}
 _PONG_TIMEOUT = 60.0  # Binance drops a connection that has not answered a ping within a minute
+MESSAGES_PER_SECOND = 5  # Binance's limit of incoming messages (requests, PING and PONG frames)
 
 
 class _Envelope(msgspec.Struct):
@@ -145,6 +149,17 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
     ``duplicate_every``-th trade is sent twice; every ``rest_429_every``-th REST request is
     answered 429 with ``Retry-After: 1``. Those count the trades made over all symbols;
     ``withhold_every`` keeps every k-th trade of each symbol off the sockets.
+
+    Each connection, on its own clock (``faults.ConnectionFaults``): every ``shutdown_every``
+    seconds a ``serverShutdown`` event, and the close ``shutdown_grace`` seconds after the first
+    (trades flow until then); at ``lifetime`` a close without warning (Binance's is 24 h); at
+    ``silent_after`` it goes silent: no trade, reply or notice is sent on it again (counted per
+    trade in ``trades_silenced``) while the protocol still answers its pings, until the client
+    leaves. Limits (``venue.ConnectionLimits``), Binance's by default: past
+    ``streams_per_connection`` streams a SUBSCRIBE is refused and a handshake answered 400
+    (``streams_refused``); past ``messages_per_second`` the connection is closed 1008
+    (``rate_limited``); past ``connection_budget`` handshakes in ``budget_window`` seconds (off
+    unless given) the next ones are answered 429 (``handshakes_refused``).
     """
 
     def __init__(
@@ -170,8 +185,30 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         oversize_bytes: int = OVERSIZE_BYTES,
         duplicate_every: int | None = None,
         rest_429_every: int | None = None,
+        shutdown_every: float | None = None,
+        shutdown_grace: float = 1.0,
+        lifetime: float | None = None,
+        silent_after: float | None = None,
+        connection_budget: int | None = None,
+        budget_window: float = 300.0,
+        streams_per_connection: int = MAX_STREAMS,
+        messages_per_second: int | None = MESSAGES_PER_SECOND,
     ) -> None:
-        super().__init__(rate=rate, handshake_status=handshake_status)
+        super().__init__(
+            rate=rate,
+            handshake_status=handshake_status,
+            faults=ConnectionFaults(
+                shutdown_every=shutdown_every,
+                shutdown_grace=shutdown_grace,
+                lifetime=lifetime,
+                silent_after=silent_after,
+            ),
+            limits=ConnectionLimits(
+                messages_per_second=messages_per_second,
+                connection_budget=connection_budget,
+                budget_window=budget_window,
+            ),
+        )
         for name, value in (
             ("trades", trades),
             ("drop_every", drop_every),
@@ -180,6 +217,7 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
             ("oversize_every", oversize_every),
             ("duplicate_every", duplicate_every),
             ("rest_429_every", rest_429_every),
+            ("streams_per_connection", streams_per_connection),
         ):
             positive(name, value)
         if (trades is not None or expected_file is not None) and replay is not None:
@@ -187,6 +225,7 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         if expected_file is not None and trades is None:
             raise ValueError("expected_file needs a planned run: give trades too")
         self.ping_interval = ping_interval
+        self.streams_per_connection = streams_per_connection
         self._history = TradeHistory(max(history, trades or 0))
         self.withhold_every = withhold_every
         """Keep every k-th trade of each symbol (counted while this is set) off the sockets."""
@@ -205,6 +244,8 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         self.garbage_sent = 0
         self.oversize_sent = 0
         self.duplicates_sent = 0
+        self.trades_silenced = 0
+        self.streams_refused = 0
         self.trades = trades
         self.finished = asyncio.Event()
         """Set once a planned run (or a replay) has made its last trade."""
@@ -265,14 +306,13 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         return await super().start(host, port)
 
     def stats(self) -> dict[str, int]:
-        """Every counter, for the summary line at exit."""
         return {
             "trades_made": self.trades_made,
-            "frames_sent": self.frames_sent,
-            "trades_sent": self.trades_sent,
+            **super().stats(),
             "trades_unsent": self.trades_unsent,
             "trades_withheld": self.trades_withheld,
-            "handshakes": self.handshakes,
+            "trades_silenced": self.trades_silenced,
+            "streams_refused": self.streams_refused,
             "drops": self.drops,
             "garbage_sent": self.garbage_sent,
             "oversize_sent": self.oversize_sent,
@@ -309,8 +349,15 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         url = urlsplit(request.path)
         if url.path in REST_PATHS:
             return self._rest.answer(connection, url.path, parse_qs(url.query))
-        if Subscriptions.for_target(request.path, self.symbols) is None:
+        subscriptions = Subscriptions.for_target(request.path, self.symbols, self.streams_per_connection)
+        if subscriptions is None:
             return self._not_found(connection, "use /ws/<stream> or /stream")
+        if subscriptions.too_many:
+            self.streams_refused += 1
+            return connection.respond(
+                HTTPStatus.BAD_REQUEST,
+                f"a connection listens to at most {self.streams_per_connection} streams: ask for fewer\n",
+            )
         return self._handshake(connection)
 
     def _withheld(self, symbol: str, trade_id: int) -> bool:
@@ -327,9 +374,9 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         self.trades_withheld += 1
         return True
 
-    async def _session(self, connection: ServerConnection) -> None:
+    async def _session(self, connection: VenueConnection) -> None:
         target = connection.request.path if connection.request else ""
-        subscriptions = Subscriptions.for_target(target, self.symbols)
+        subscriptions = Subscriptions.for_target(target, self.symbols, self.streams_per_connection)
         if subscriptions is None:  # _route lets only stream paths through
             return
         self._clients[connection] = subscriptions
@@ -337,7 +384,9 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         try:
             async for request in connection:
                 # answer() applies the request at once: a frame sent after the reply follows it.
-                await connection.send(subscriptions.answer(request), text=True)
+                reply = subscriptions.answer(request)
+                if not connection.silent:
+                    await connection.send(reply, text=True)
         except ConnectionClosed:
             pass
         finally:
@@ -373,6 +422,9 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         for client, subscriptions in list(self._clients.items()):
             if symbol not in subscriptions.symbols:
                 continue
+            if client.silent:
+                self.trades_silenced += 1
+                continue
             if subscriptions.combined:
                 payload = frame
             else:  # a raw stream: the data object, cut out once per frame
@@ -395,6 +447,19 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
             self.oversize_sent += await _send_to(receivers, self._oversize, text=True)
             log.info("simulator.oversize_sent", after_trade=nth, bytes=len(self._oversize))
 
+    async def _announce_shutdown(self, connection: VenueConnection) -> bool:
+        subscriptions = self._clients.get(connection)
+        if subscriptions is None:
+            return False
+        event = {"e": "serverShutdown", "E": time.time_ns() // 1_000_000}
+        notice = {"stream": "!serverShutdown", "data": event} if subscriptions.combined else event
+        try:
+            await connection.send(msgspec.json.encode(notice), text=True)
+        except ConnectionClosed:
+            return False
+        log.info("simulator.server_shutdown_sent", clients=self.clients)
+        return True
+
     async def _drop_connections_now_and_then(self) -> None:
         assert self.drop_every is not None
         for pause in drop_intervals(self.drop_every, at_random=self.drop_random, rng=self._fault_rng):
@@ -415,7 +480,7 @@ def _falls_on(nth: int, every: int | None) -> bool:
     return every is not None and nth % every == 0
 
 
-async def _send_to(clients: list[ServerConnection], frame: bytes, *, text: bool) -> int:
+async def _send_to(clients: list[VenueConnection], frame: bytes, *, text: bool) -> int:
     """Send ``frame`` to each of ``clients``; how many it went out to."""
     sent = 0
     for client in clients:

@@ -1,4 +1,5 @@
-"""What the Binance simulator does wrong on purpose: bad frames, oversize frames, drop schedules.
+"""What the simulators do wrong on purpose: bad frames, oversize frames, drop schedules, and what
+happens to each connection on a clock of its own (shutdown notices, lifetime closes, silence).
 
 Every fault is one a real venue or network produces now and then; the proof tests turn them on
 together and check that the service still stores every trade exactly once.
@@ -6,9 +7,12 @@ together and check that the service still stores every trade exactly once.
 
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from collections.abc import Iterator
-from enum import StrEnum
+from dataclasses import dataclass
+from enum import Enum, StrEnum
 from typing import Any
 
 import msgspec
@@ -71,3 +75,67 @@ def positive(name: str, value: float | None) -> None:
     """Raise ``ValueError`` unless ``value`` is None or positive."""
     if value is not None and value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
+
+
+class ConnectionEvent(Enum):
+    """What a connection's schedule does to it."""
+
+    NOTICE = "notice"
+    """The venue's shutdown notice (Binance ``serverShutdown``, OKX notice 64008)."""
+    SHUTDOWN = "shutdown"
+    """The close that follows a notice by the grace."""
+    EXPIRE = "expire"
+    """The close at the end of the connection's lifetime, unannounced."""
+    SILENCE = "silence"
+    """From now on nothing is sent on it; the protocol still answers pings."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionFaults:
+    """What happens to every connection, counted in seconds from its opening (None: never).
+
+    Every ``shutdown_every`` seconds a shutdown notice, and ``shutdown_grace`` seconds after the
+    first one the close (notices keep coming meanwhile if the grace is the longer); at
+    ``lifetime`` an unannounced close, whichever close comes first; at ``silent_after`` the
+    connection goes silent and nothing else happens to it (no notice, no close: the client has
+    to notice and leave).
+    """
+
+    shutdown_every: float | None = None
+    shutdown_grace: float = 1.0
+    lifetime: float | None = None
+    silent_after: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("shutdown_every", "lifetime", "silent_after"):
+            positive(name, getattr(self, name))
+        if self.shutdown_grace < 0:
+            raise ValueError(f"shutdown_grace must not be negative, got {self.shutdown_grace}")
+
+    def schedule(self) -> list[tuple[float, ConnectionEvent]]:
+        """Every event of a connection's life in order, as (seconds after opening, event); it ends
+        with its close, or with its silence. A notice due at the moment of the close goes first."""
+        closes = []
+        if self.lifetime is not None:
+            closes.append((self.lifetime, ConnectionEvent.EXPIRE))
+        if self.shutdown_every is not None:
+            closes.append((self.shutdown_every + self.shutdown_grace, ConnectionEvent.SHUTDOWN))
+        close = min(closes, key=_seconds) if closes else None
+        end = close[0] if close else math.inf
+        events = []
+        if self.shutdown_every is not None:
+            due = (self.shutdown_every * n for n in itertools.count(1))
+            events += [(at, ConnectionEvent.NOTICE) for at in itertools.takewhile(lambda at: at <= end, due)]
+        if close is not None:
+            events.append(close)
+        if self.silent_after is not None and self.silent_after < end:
+            events.append((self.silent_after, ConnectionEvent.SILENCE))
+        events.sort(key=_seconds)  # stable: notices stay ahead of a close at the same moment
+        for i, (_, event) in enumerate(events):
+            if event is ConnectionEvent.SILENCE:
+                return events[: i + 1]
+        return events
+
+
+def _seconds(event: tuple[float, ConnectionEvent]) -> float:
+    return event[0]

@@ -15,7 +15,9 @@ options trade whole contracts.
 Every fill made is kept (the newest ``history`` per instrument) and served one item each by
 ``GET /api/v5/market/history-trades`` (``okx_history.py``): only fills that have happened.
 Test hooks: those of ``SimulatedVenue``, ``announce_upgrade`` (notice 64008 to every client) and
-``refuse_rest`` (the next REST requests answered 429, code 50011, with ``Retry-After``).
+``refuse_rest`` (the next REST requests answered 429, code 50011, with ``Retry-After``). On a
+schedule, each connection on its own clock: notice 64008 every ``notice_every`` seconds, closed
+``shutdown_grace`` seconds after the first; closed without warning at ``lifetime``.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ from kairos_core.adapters.inbound.feed_handler.okx_wire import (
     encode_trades_push,
 )
 from kairos_core.domain import Exchange, MarketTick, Side
+from kairos_core.simulator.faults import ConnectionFaults
 from kairos_core.simulator.okx_history import FillHistory, HistoryEndpoint
-from kairos_core.simulator.venue import Pacer, SimulatedVenue
+from kairos_core.simulator.venue import Pacer, SimulatedVenue, VenueConnection
 
 log = structlog.get_logger(__name__)
 
@@ -143,7 +146,9 @@ class OkxSimulator(SimulatedVenue[_Client]):
     at most ``rest_rate_limit`` requests per ``rest_rate_window`` seconds (OKX's 20 per 2 s).
     Beyond ``SimulatedVenue``'s counters: ``pings`` (text pings answered), ``idle_closes``
     (connections closed as idle), ``rest_requests``, ``rest_refused`` (answered code 50011) and
-    ``rest_arrivals`` (when each REST request came, monotonic seconds).
+    ``rest_arrivals`` (when each REST request came, monotonic seconds). ``notice_every``,
+    ``shutdown_grace`` and ``lifetime`` are ``faults.ConnectionFaults``' ``shutdown_every``,
+    ``shutdown_grace`` and ``lifetime``, the notice being OKX's 64008.
     """
 
     def __init__(
@@ -158,8 +163,17 @@ class OkxSimulator(SimulatedVenue[_Client]):
         history: int = 100_000,
         rest_rate_limit: int = RATE_LIMIT,
         rest_rate_window: float = RATE_WINDOW,
+        notice_every: float | None = None,
+        shutdown_grace: float = 1.0,
+        lifetime: float | None = None,
     ) -> None:
-        super().__init__(rate=rate, handshake_status=handshake_status)
+        super().__init__(
+            rate=rate,
+            handshake_status=handshake_status,
+            faults=ConnectionFaults(
+                shutdown_every=notice_every, shutdown_grace=shutdown_grace, lifetime=lifetime
+            ),
+        )
         self.symbols = tuple(dict.fromkeys(symbol.upper() for symbol in symbols))
         self.idle_timeout = idle_timeout
         base = id_base if id_base is not None else time.time_ns() // 1000
@@ -174,9 +188,17 @@ class OkxSimulator(SimulatedVenue[_Client]):
 
     async def announce_upgrade(self) -> None:
         """Tell every client, as OKX does before a service upgrade, that its connection will close."""
-        for connection, client in list(self._clients.items()):
-            notice = encode_event("notice", SERVICE_UPGRADE, _UPGRADE_MESSAGE, client.conn_id)
-            await self._send(connection, client, notice)
+        for connection in list(self._clients):
+            await self._announce_shutdown(connection)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            **super().stats(),
+            "pings": self.pings,
+            "idle_closes": self.idle_closes,
+            "rest_requests": self.rest_requests,
+            "rest_refused": self.rest_refused,
+        }
 
     def refuse_rest(
         self, count: int, *, retry_after: int | None = 1, status: int = HTTPStatus.TOO_MANY_REQUESTS
@@ -207,7 +229,7 @@ class OkxSimulator(SimulatedVenue[_Client]):
             return self._not_found(connection, f"use {PATH} or {HISTORY_PATH}")
         return self._handshake(connection)
 
-    async def _session(self, connection: ServerConnection) -> None:
+    async def _session(self, connection: VenueConnection) -> None:
         client = _Client(next(self._conn_ids), asyncio.get_running_loop().time())
         self._clients[connection] = client
         idle = asyncio.create_task(self._close_when_idle(connection, client))
@@ -221,7 +243,7 @@ class OkxSimulator(SimulatedVenue[_Client]):
             idle.cancel()
             del self._clients[connection]
 
-    async def _answer(self, connection: ServerConnection, client: _Client, message: str | bytes) -> None:
+    async def _answer(self, connection: VenueConnection, client: _Client, message: str | bytes) -> None:
         if message in (PING, PING.encode()):
             self.pings += 1
             await self._send(connection, client, "pong")
@@ -253,8 +275,17 @@ class OkxSimulator(SimulatedVenue[_Client]):
             if op == "subscribe":
                 client.inst_ids.add(inst_id)
 
-    async def _send(self, connection: ServerConnection, client: _Client, frame: bytes | str) -> bool:
-        """Send one text frame (OKX sends text frames); False if the connection is gone."""
+    async def _announce_shutdown(self, connection: VenueConnection) -> bool:
+        client = self._clients.get(connection)
+        if client is None:
+            return False
+        notice = encode_event("notice", SERVICE_UPGRADE, _UPGRADE_MESSAGE, client.conn_id)
+        return await self._send(connection, client, notice)
+
+    async def _send(self, connection: VenueConnection, client: _Client, frame: bytes | str) -> bool:
+        """Send one text frame (OKX sends text frames); False if the connection is gone or silent."""
+        if connection.silent:
+            return False
         try:
             await connection.send(frame, text=True)
         except ConnectionClosed:
@@ -262,7 +293,7 @@ class OkxSimulator(SimulatedVenue[_Client]):
         client.last_activity = asyncio.get_running_loop().time()
         return True
 
-    async def _close_when_idle(self, connection: ServerConnection, client: _Client) -> None:
+    async def _close_when_idle(self, connection: VenueConnection, client: _Client) -> None:
         loop = asyncio.get_running_loop()
         while True:  # sleeps until the moment the connection would have been quiet long enough
             quiet = loop.time() - client.last_activity

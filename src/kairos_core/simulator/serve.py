@@ -15,6 +15,7 @@ from kairos_core.settings import Settings
 from kairos_core.simulator.benchmark import BenchmarkServer
 from kairos_core.simulator.binance import BinanceSimulator
 from kairos_core.simulator.okx import OkxSimulator
+from kairos_core.simulator.venue import SimulatedVenue
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +31,11 @@ _PLANNED_RUN = (
     "rest_429_every",
 )
 """Run options that plan the Binance random walk or put faults in it: ``BinanceSimulator``'s arguments."""
+_BINANCE_CONNECTIONS = ("shutdown_every", "silent_after", "connection_budget", "budget_window")
+"""What Binance's connections go through (random walk or replay): ``BinanceSimulator``'s arguments."""
+_OKX_CONNECTIONS = ("notice_every",)
+_BOTH_CONNECTIONS = ("shutdown_grace", "lifetime")
+"""Connection faults both simulators take, under the same names."""
 
 
 async def simulate(settings: Settings, run: dict[str, Any]) -> None:
@@ -48,7 +54,7 @@ async def simulate(settings: Settings, run: dict[str, Any]) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), run.get("duration"))
     await simulator.stop()
-    counters = simulator.stats() if isinstance(simulator, BinanceSimulator) else {}
+    counters = simulator.stats() if isinstance(simulator, SimulatedVenue) else {}
     log.info("simulator.stopped", **counters)
 
 
@@ -56,6 +62,35 @@ def _readable(replay: Path | None) -> Path | None:
     if replay is not None and not replay.is_file():
         raise ConfigurationError(f"--replay {str(replay)!r} is not a readable file: name a recording")
     return replay
+
+
+def _flags(run: dict[str, Any], names: tuple[str, ...]) -> list[str]:
+    """The flags among ``names`` given on the command line."""
+    return [f"--{name.replace('_', '-')}" for name in names if run.get(name) is not None]
+
+
+def _given(run: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: run[name] for name in names if run.get(name) is not None}
+
+
+def _check_connection_faults(exchange: Exchange, run: dict[str, Any]) -> None:
+    if run["bench"] and (
+        connections := _flags(run, _BINANCE_CONNECTIONS + _OKX_CONNECTIONS + _BOTH_CONNECTIONS)
+    ):
+        raise ConfigurationError(f"{' '.join(connections)}: not for --bench; drop them")
+    if exchange is Exchange.OKX and (binance := _flags(run, _BINANCE_CONNECTIONS)):
+        raise ConfigurationError(
+            f"{' '.join(binance)}: Binance only; drop for --exchange okx (OKX's notice: --notice-every S)"
+        )
+    if exchange is Exchange.BINANCE and _flags(run, _OKX_CONNECTIONS):
+        raise ConfigurationError("--notice-every: OKX only; for Binance use --shutdown-every SECONDS")
+    announced = run.get("shutdown_every") or run.get("notice_every")
+    if run.get("shutdown_grace") is not None and announced is None:
+        raise ConfigurationError(
+            "--shutdown-grace needs --shutdown-every SECONDS (Binance) or --notice-every SECONDS (OKX)"
+        )
+    if run.get("budget_window") is not None and run.get("connection_budget") is None:
+        raise ConfigurationError("--budget-window needs --connection-budget N, the connections it allows")
 
 
 def _simulator(settings: Settings, run: dict[str, Any]) -> BinanceSimulator | OkxSimulator | BenchmarkServer:
@@ -68,12 +103,19 @@ def _simulator(settings: Settings, run: dict[str, Any]) -> BinanceSimulator | Ok
         raise ConfigurationError(
             f"{' '.join(planned)} shape Binance's random walk: drop --bench, --replay and --exchange okx"
         )
+    _check_connection_faults(exchange, run)
     if exchange is Exchange.OKX:
         if run["bench"] or run["replay"] is not None:
             raise ConfigurationError(
                 "--bench and --replay serve Binance only: drop them or use --exchange binance"
             )
-        return OkxSimulator(symbols, rate=run["rate"] or 10.0, seed=run["seed"], id_base=run["id_base"])
+        return OkxSimulator(
+            symbols,
+            rate=run["rate"] or 10.0,
+            seed=run["seed"],
+            id_base=run["id_base"],
+            **_given(run, _OKX_CONNECTIONS + _BOTH_CONNECTIONS),
+        )
     if run["bench"]:
         return BenchmarkServer(
             symbols,
@@ -94,7 +136,7 @@ def _simulator(settings: Settings, run: dict[str, Any]) -> BinanceSimulator | Ok
             seed=run["seed"],
             id_base=run["id_base"],
             replay=_readable(run["replay"]),
-            **{name: run[name] for name in _PLANNED_RUN if run.get(name) is not None},
+            **_given(run, _PLANNED_RUN + _BINANCE_CONNECTIONS + _BOTH_CONNECTIONS),
         )
     except ValueError as e:
         raise ConfigurationError(f"{e}: replay a Binance recording") from e

@@ -4,7 +4,10 @@ A client may send, as text JSON, ``{"method":"SUBSCRIBE","params":["btcusdt@aggT
 (also ``UNSUBSCRIBE``, ``LIST_SUBSCRIPTIONS``, and ``SET_PROPERTY``/``GET_PROPERTY`` for the
 ``combined`` framing) and gets ``{"result":...,"id":1}`` or ``{"code":2,"msg":"...","id":1}``.
 Error codes as Binance documents them: 0 unknown property, 1 a property value that is not a
-boolean, 2 an invalid request, 3 invalid JSON.
+boolean, 2 an invalid request, 3 invalid JSON. A connection listens to at most ``MAX_STREAMS``
+streams, as on Binance; a SUBSCRIBE past it is refused whole with
+``{"error":{"code":2,"msg":"..."},"id":1}`` (Binance documents the limit, not that reply: the code
+and wording are ours).
 """
 
 from __future__ import annotations
@@ -20,15 +23,19 @@ _METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "G
 _STREAM = re.compile(r"([a-z0-9]+)@([A-Za-z0-9_@]+)")  # btcusdt@aggTrade, btcusdt@depth@100ms
 _MAX_ID = 2**64 - 1
 _UNKNOWN_PROPERTY, _NOT_BOOLEAN, _INVALID_REQUEST, _INVALID_JSON = 0, 1, 2, 3
+MAX_STREAMS = 1024
+"""Streams one connection may listen to (Binance's spot limit)."""
 _encoder = msgspec.json.Encoder()
 
 RequestId = int | str | None
 
 
 class _Refused(Exception):
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, *, nested: bool = False) -> None:
         self.code = code
         self.message = message
+        self.nested = nested
+        """Reply as ``{"error":{"code":...,"msg":...},"id":...}``."""
 
 
 class Subscriptions:
@@ -36,18 +43,30 @@ class Subscriptions:
 
     ``symbols`` are the symbols whose aggTrade frames the connection receives; other streams
     (``btcusdt@depth``) are accepted and listed but carry nothing here. ``combined`` says whether
-    frames go out as ``{"stream":...,"data":...}`` or as the ``data`` object alone.
+    frames go out as ``{"stream":...,"data":...}`` or as the ``data`` object alone. A SUBSCRIBE
+    that would take it past ``max_streams`` is refused; a handshake past it is the server's to
+    refuse (``too_many``).
     """
 
-    def __init__(self, listed: Iterable[str], streams: Iterable[str] = (), *, combined: bool) -> None:
+    def __init__(
+        self,
+        listed: Iterable[str],
+        streams: Iterable[str] = (),
+        *,
+        combined: bool,
+        max_streams: int = MAX_STREAMS,
+    ) -> None:
         self.combined = combined
+        self.max_streams = max_streams
         self.symbols: frozenset[str] = frozenset()
         self._listed = frozenset(listed)
         self._streams = dict.fromkeys(streams)  # a dict keeps subscription order, without repeats
         self._streams_changed()
 
     @classmethod
-    def for_target(cls, target: str, listed: Iterable[str]) -> Subscriptions | None:
+    def for_target(
+        cls, target: str, listed: Iterable[str], max_streams: int = MAX_STREAMS
+    ) -> Subscriptions | None:
         """What a handshake to ``target`` opens with; None if it is not a stream path.
 
         ``/ws`` and ``/ws/<stream>`` are raw, ``/stream`` and ``/stream?streams=a/b`` combined.
@@ -56,13 +75,18 @@ class Subscriptions:
         path = url.path.rstrip("/")
         if path == "/stream":
             streams = parse_qs(url.query).get("streams", [""])[0]
-            return cls(listed, filter(None, streams.split("/")), combined=True)
+            return cls(listed, filter(None, streams.split("/")), combined=True, max_streams=max_streams)
         if path == "/ws":
-            return cls(listed, combined=False)
+            return cls(listed, combined=False, max_streams=max_streams)
         stream = path.removeprefix("/ws/")
         if stream != path and "/" not in stream:
-            return cls(listed, (stream,), combined=False)
+            return cls(listed, (stream,), combined=False, max_streams=max_streams)
         return None
+
+    @property
+    def too_many(self) -> bool:
+        """Past ``max_streams``: only a handshake's URL can ask for that many."""
+        return len(self._streams) > self.max_streams
 
     def answer(self, message: str | bytes) -> bytes:
         """Carry out one client request; the reply to send back."""
@@ -72,13 +96,24 @@ class Subscriptions:
             request_id = _request_id(request)
             result = self._carry_out(request, request.get("params", []))
         except _Refused as e:
+            if e.nested:
+                return _encoder.encode({"error": {"code": e.code, "msg": e.message}, "id": request_id})
             return _encoder.encode({"code": e.code, "msg": e.message, "id": request_id})
         return _encoder.encode({"result": result, "id": request_id})
 
     def _carry_out(self, request: dict[str, Any], params: Any) -> Any:
         method = request.get("method")
         if method == "SUBSCRIBE":
-            self._streams.update(dict.fromkeys(self._stream_names(params)))
+            added = dict.fromkeys(self._stream_names(params))
+            listening = len(self._streams.keys() | added.keys())
+            if listening > self.max_streams:
+                raise _Refused(
+                    _INVALID_REQUEST,
+                    f"Invalid request: a connection listens to at most {self.max_streams} streams; "
+                    f"this would make {listening}",
+                    nested=True,
+                )
+            self._streams.update(added)
             self._streams_changed()
         elif method == "UNSUBSCRIBE":
             for stream in self._stream_names(params):

@@ -72,6 +72,8 @@ class AiohttpSession(WebSocketSession):
         self._websocket = websocket
         self._max_frame_bytes = max_frame_bytes
         self._pong: asyncio.Future[None] | None = None
+        self._frames = 0
+        self._handed_over: FrameHandler | None = None
 
     async def pump(self, on_frame: FrameHandler, ready: Ready) -> None:
         receive = self._websocket.receive
@@ -79,9 +81,12 @@ class AiohttpSession(WebSocketSession):
         try:
             while True:
                 await ready()
+                if self._handed_over is not None:
+                    on_frame, self._handed_over = self._handed_over, None
                 for _ in batch:
                     message = await receive()
                     if message.type in _DATA:
+                        self._frames += 1
                         on_frame(message.data)
                     else:
                         await self._control(message)
@@ -103,6 +108,13 @@ class AiohttpSession(WebSocketSession):
         else:  # CLOSE, CLOSING, CLOSED
             code = self._websocket.close_code
             raise FeedDisconnected(f"connection closed: code {code}" if code else "connection closed")
+
+    @property
+    def frames(self) -> int:
+        return self._frames
+
+    def hand_over(self, on_frame: FrameHandler) -> None:
+        self._handed_over = on_frame
 
     async def is_alive(self, timeout: float) -> bool:
         self._pong = asyncio.get_running_loop().create_future()

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import urlencode
 
+import msgspec
 import structlog
 
 from kairos_core.domain import ConfigurationError, Exchange, FrameRejected, MarketTick, TickSink
@@ -14,6 +15,7 @@ from .binance_rest import check_symbols_trading
 from .binance_wire import ErrorReply, ServerShutdown, SubscriptionReply, parse_frame
 from .connection import Frame, WebSocketConnector, WebSocketSession
 from .feed_base import WebSocketFeed
+from .planner import BINANCE_LIMITS, ConnectionPlanner
 from .reconnect import ReconnectPolicy
 
 log = structlog.get_logger(__name__)
@@ -22,6 +24,11 @@ DEFAULT_URL = "wss://stream.binance.com:9443/stream"
 DEFAULT_REST_URL = "https://api.binance.com"
 _SYMBOL = re.compile(r"[A-Za-z0-9]{2,20}")
 _REFUSED_HINT = "use --binance-url (and --binance-rest-url) for another endpoint"
+_URL_STREAMS_MAX_CHARS = 2000
+"""A shard whose stream names fit in this much of the URL subscribes in the handshake itself;
+a larger one connects bare and sends SUBSCRIBE requests (servers cap the request line)."""
+_STREAMS_PER_REQUEST = 200
+"""Streams per SUBSCRIBE request, keeping each well under any message size limit."""
 
 
 def binance_symbols(symbols: Iterable[str]) -> tuple[str, ...]:
@@ -42,10 +49,15 @@ def binance_symbols(symbols: Iterable[str]) -> tuple[str, ...]:
 class BinanceFeedHandler(WebSocketFeed):
     """Streams ``<symbol>@aggTrade`` for every symbol into ``sink`` until stopped.
 
+    More than 1024 symbols are sharded over several connections (``ConnectionPlanner``), each
+    rotated make-before-break before Binance's 24 h limit and on a ``serverShutdown`` event.
     Reconnects with backoff (see ``ReconnectPolicy``); a frame it cannot use is counted by reason,
     logged with an excerpt and skipped; a connection that stays silent past ``watchdog`` seconds
-    and does not answer a ping is replaced.
+    is replaced at once if it does not answer a ping, and rotated if it does (aggTrade streams of
+    trading symbols are not silent that long: the connection has stopped delivering).
     """
+
+    rotate_when_silent = True
 
     def __init__(
         self,
@@ -57,6 +69,7 @@ class BinanceFeedHandler(WebSocketFeed):
         rest_url: str | None = DEFAULT_REST_URL,
         connector: WebSocketConnector | None = None,
         policy: ReconnectPolicy | None = None,
+        planner: ConnectionPlanner | None = None,
         watchdog: float = 60.0,
     ) -> None:
         # ``credentials`` is accepted for the port's shape; public market streams need no keys.
@@ -66,6 +79,7 @@ class BinanceFeedHandler(WebSocketFeed):
             binance_symbols(symbols),
             connector=connector,
             policy=policy,
+            planner=planner or ConnectionPlanner(BINANCE_LIMITS),
             silence=watchdog,
             poll=watchdog,
             refused_hint=_REFUSED_HINT,
@@ -78,21 +92,30 @@ class BinanceFeedHandler(WebSocketFeed):
     def exchange(self) -> Exchange:
         return Exchange.BINANCE
 
-    @property
-    def stream_url(self) -> str:
-        streams = "/".join(f"{symbol}@aggTrade" for symbol in self.symbols)
+    def _url(self, shard: tuple[str, ...]) -> str:
+        streams = "/".join(_streams(shard))
+        if len(streams) > _URL_STREAMS_MAX_CHARS:
+            return self._url_base
         separator = "&" if "?" in self._url_base else "?"
         return f"{self._url_base}{separator}{urlencode({'streams': streams}, safe='@/')}"
 
-    def _url(self) -> str:
-        return self.stream_url
+    async def _opened(self, session: WebSocketSession, shard: tuple[str, ...]) -> None:
+        if self._url(shard) != self._url_base:
+            return  # subscribed in the handshake
+        streams = _streams(shard)
+        for number, start in enumerate(range(0, len(streams), _STREAMS_PER_REQUEST), 1):
+            request = {
+                "method": "SUBSCRIBE",
+                "params": streams[start : start + _STREAMS_PER_REQUEST],
+                "id": number,
+            }
+            await session.send(msgspec.json.encode(request).decode())
 
     async def _prepare(self) -> None:
         if self._rest_url is not None:
             await check_symbols_trading(self._rest_url, self.symbols)
 
     def _on_frame(self, raw: Frame) -> None:
-        self._frames += 1
         try:
             item = parse_frame(raw)
         except FrameRejected as e:
@@ -105,7 +128,7 @@ class BinanceFeedHandler(WebSocketFeed):
                 self._unsubscribed(item.symbol, raw)
         elif isinstance(item, ServerShutdown):
             log.info("feed.server_shutdown", exchange=self.exchange, event_time_ms=item.event_time_ms)
-            self._end("server announced shutdown")
+            self._announced("server announced shutdown")
         elif isinstance(item, ErrorReply):
             log.error("feed.error_reply", exchange=self.exchange, code=item.code, message=item.message)
         elif isinstance(item, SubscriptionReply):
@@ -113,3 +136,7 @@ class BinanceFeedHandler(WebSocketFeed):
 
     async def _probe(self, session: WebSocketSession) -> bool:
         return await session.is_alive(timeout=min(10.0, self._watchdog))
+
+
+def _streams(shard: Iterable[str]) -> list[str]:
+    return [f"{symbol}@aggTrade" for symbol in shard]

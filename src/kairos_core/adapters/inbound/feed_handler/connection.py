@@ -43,6 +43,11 @@ class FrameTooLarge(FeedDisconnected):
 class WebSocketSession(Protocol):
     """One open connection."""
 
+    @property
+    def frames(self) -> int:
+        """Data frames received so far (the watchdog compares it between looks)."""
+        ...
+
     async def pump(self, on_frame: FrameHandler, ready: Ready) -> None:
         """Hand every received frame to ``on_frame``; await ``ready()`` every ``READY_EVERY`` frames.
 
@@ -50,6 +55,14 @@ class WebSocketSession(Protocol):
         so consumers run between batches even while the socket never runs dry. Pings from the
         server are answered here. Returns never; raises ``FeedDisconnected`` (with the reason)
         when the connection ends, ``FrameTooLarge`` when it ended on a message over the limit.
+        """
+        ...
+
+    def hand_over(self, on_frame: FrameHandler) -> None:
+        """From the next batch on, ``pump`` hands frames to ``on_frame`` instead.
+
+        A rotation starts a new connection's pump with a handler that holds frames back until the
+        switch, and hands over to the direct one afterwards, so no frame pays for the detour.
         """
         ...
 

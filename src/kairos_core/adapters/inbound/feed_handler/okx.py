@@ -25,6 +25,7 @@ from .okx_wire import (
     parse_frame,
     subscribe_requests,
 )
+from .planner import OKX_LIMITS, ConnectionPlanner
 from .reconnect import ReconnectPolicy
 
 log = structlog.get_logger(__name__)
@@ -75,6 +76,7 @@ class OkxFeedHandler(WebSocketFeed):
         url: str = DEFAULT_URL,
         connector: WebSocketConnector | None = None,
         policy: ReconnectPolicy | None = None,
+        planner: ConnectionPlanner | None = None,
         idle_ping: float = 25.0,
         pong_timeout: float = 10.0,
     ) -> None:
@@ -90,6 +92,7 @@ class OkxFeedHandler(WebSocketFeed):
             okx_symbols(symbols),
             connector=connector,
             policy=policy,
+            planner=planner or ConnectionPlanner(OKX_LIMITS),
             silence=idle_ping,
             poll=min(1.0, idle_ping / 10),
             refused_hint=_REFUSED_HINT,
@@ -103,16 +106,15 @@ class OkxFeedHandler(WebSocketFeed):
     def exchange(self) -> Exchange:
         return Exchange.OKX
 
-    def _url(self) -> str:
+    def _url(self, shard: tuple[str, ...]) -> str:
         return self._ws_url
 
-    async def _opened(self, session: WebSocketSession) -> None:
-        wanted = [symbol for symbol in self.symbols if symbol not in self.rejected_symbols]
+    async def _opened(self, session: WebSocketSession, shard: tuple[str, ...]) -> None:
+        wanted = [symbol for symbol in shard if symbol not in self.rejected_symbols]
         for request in subscribe_requests(wanted):
             await session.send(request)
 
     def _on_frame(self, raw: Frame) -> None:
-        self._frames += 1
         try:
             item = parse_frame(raw)
         except FrameRejected as e:
@@ -131,7 +133,7 @@ class OkxFeedHandler(WebSocketFeed):
         elif isinstance(item, Notice):
             log.warning("feed.notice", exchange=self.exchange, code=item.code, message=item.message)
             if item.code == SERVICE_UPGRADE:
-                self._end(f"notice {item.code}: {item.message}", announced=True)
+                self._announced(f"notice {item.code}: {item.message}")
         elif isinstance(item, SubscribeAck):
             log.debug("feed.subscribed", exchange=self.exchange, op=item.event, symbol=item.inst_id)
 
@@ -156,13 +158,13 @@ class OkxFeedHandler(WebSocketFeed):
 
     async def _probe(self, session: WebSocketSession) -> bool:
         """Send ``ping``; any frame within ``pong_timeout`` (the ``pong`` first of all) says alive."""
-        seen = self._frames
+        seen = session.frames
         try:
             await session.send(PING)
         except FeedDisconnected:
             return False
-        for _ in range(max(1, round(self._pong_timeout / self._poll))):
-            await asyncio.sleep(self._poll)
-            if self._frames != seen or self._held_back:
+        for _ in range(max(1, round(self._pong_timeout / self.poll))):
+            await asyncio.sleep(self.poll)
+            if session.frames != seen or self.held_back:
                 return True
         return False

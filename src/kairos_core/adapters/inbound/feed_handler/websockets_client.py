@@ -53,6 +53,15 @@ class WebsocketsSession(WebSocketSession):
         self._connection = connection
         self._max_frame_bytes = max_frame_bytes
         self._pumping = False
+        self._frames = 0
+        self._handed_over: FrameHandler | None = None
+
+    @property
+    def frames(self) -> int:
+        return self._frames
+
+    def hand_over(self, on_frame: FrameHandler) -> None:
+        self._handed_over = on_frame
 
     async def pump(self, on_frame: FrameHandler, ready: Ready) -> None:
         recv = self._connection.recv
@@ -61,10 +70,14 @@ class WebsocketsSession(WebSocketSession):
         try:
             while True:
                 await ready()
+                if self._handed_over is not None:
+                    on_frame, self._handed_over = self._handed_over, None
                 for _ in batch:
                     # decode=False: text frames arrive as bytes, skipping a UTF-8 decode the
                     # parser does not need.
-                    on_frame(await recv(decode=False))
+                    frame = await recv(decode=False)
+                    self._frames += 1
+                    on_frame(frame)
         except ConnectionClosed as e:
             if isinstance(e.__cause__, PayloadTooBig):  # the protocol's parser refused the header
                 raise FrameTooLarge(self._max_frame_bytes, _message_size(e.__cause__)) from e

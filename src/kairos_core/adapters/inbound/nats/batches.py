@@ -12,6 +12,10 @@ Acks are explicit and per message (never ack-all: on a shared consumer that woul
 what another node has not stored yet). A message that cannot be decoded is terminated (never
 delivered again) and logged with an excerpt, so one bad message cannot stall the consumer.
 
+For metrics (``status``) it counts what it fetched, what of it was delivered before (the delivery
+count in the message's ack subject), acknowledged, released and rejected, and times each batch
+from being handed out to its ack into the ``Histogram`` it is given.
+
 Measured here against nats-py's ``PullSubscription.fetch`` and ``Msg.ack``: 7 CPU µs per message
 fetched and acknowledged against 27, by one lingering request per batch into a callback instead
 of a no-wait probe plus a second request and a queue read per message.
@@ -24,6 +28,7 @@ import contextlib
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import msgspec
 import nats.errors
@@ -34,6 +39,7 @@ from nats.aio.subscription import Subscription
 
 from kairos_core.adapters.outbound.nats import wire
 from kairos_core.domain import MarketTick, TickBatch, TickBatchSource
+from kairos_core.domain.status import Histogram, NatsPersistStatus
 
 log = structlog.get_logger(__name__)
 
@@ -42,15 +48,47 @@ _STATUS = "Status"
 _HEARTBEAT = "100"
 _WARN_EVERY = 10.0
 """Seconds between two warnings about the same refused pull request."""
+_DELIVERED_AT = {9: 4}
+"""Where the delivery count sits among the ack subject's tokens: ``$JS.ACK.<stream>.<consumer>.
+<delivered>...`` has 9 tokens; the newer form with a domain and an account hash has it at 6."""
+
+
+def _first_delivery_prefix(reply: str) -> str | None:
+    """The ack subject's start up to a delivery count of 1 (``$JS.ACK.S.C.1.``), the same for
+    every first delivery of the consumer; None if ``reply`` is a redelivery (or no ack subject)."""
+    tokens = reply.split(".")
+    index = _DELIVERED_AT.get(len(tokens), 6)
+    if index >= len(tokens) or tokens[index] != "1":
+        return None
+    return ".".join(tokens[: index + 1]) + "."
+
+
+@dataclass(slots=True)
+class _Counts:
+    fetched: int = 0
+    redelivered: int = 0
+    acked: int = 0
+    released: int = 0
+    rejected: int = 0
 
 
 class _JetStreamBatch(TickBatch):
-    __slots__ = ("_client", "_messages", "_ticks")
+    __slots__ = ("_client", "_counts", "_handed_out_ns", "_messages", "_seconds", "_ticks")
 
-    def __init__(self, client: Client, ticks: list[MarketTick], messages: list[Msg]) -> None:
+    def __init__(
+        self,
+        client: Client,
+        ticks: list[MarketTick],
+        messages: list[Msg],
+        counts: _Counts,
+        seconds: Histogram | None = None,
+    ) -> None:
         self._client = client
         self._ticks = ticks
         self._messages = messages
+        self._counts = counts
+        self._seconds = seconds
+        self._handed_out_ns = time.perf_counter_ns()
 
     @property
     def ticks(self) -> Sequence[MarketTick]:
@@ -58,12 +96,16 @@ class _JetStreamBatch(TickBatch):
 
     async def ack(self) -> None:
         await self._reply(_ACK)
+        self._counts.acked += len(self._messages)
+        if self._seconds is not None:
+            self._seconds.observe_ns(time.perf_counter_ns() - self._handed_out_ns)
 
     async def hold(self) -> None:
         await self._reply(_PROGRESS)
 
     async def release(self) -> None:
         await self._reply(_NAK)
+        self._counts.released += len(self._messages)
 
     async def _reply(self, verdict: bytes) -> None:
         """Lost with the connection, a verdict costs a redelivery, never a tick."""
@@ -78,7 +120,14 @@ class JetStreamTickBatches(TickBatchSource):
     ``next_batch``, ``aclose`` at the end (what arrived and was not handed out is released)."""
 
     def __init__(
-        self, client: Client, *, stream: str, durable: str, batch_size: int = 1_000, wait: float = 0.1
+        self,
+        client: Client,
+        *,
+        stream: str,
+        durable: str,
+        batch_size: int = 1_000,
+        wait: float = 0.1,
+        batch_seconds: Histogram | None = None,
     ) -> None:
         if batch_size < 1 or wait <= 0:
             raise ValueError("batches need batch_size >= 1 and a positive wait")
@@ -94,7 +143,26 @@ class JetStreamTickBatches(TickBatchSource):
         self._asking = False
         self._refused = False
         self._warned_at = 0.0
-        self.rejected = 0
+        self._counts = _Counts()
+        self._batch_seconds = batch_seconds
+        self._first_delivery = "\0"
+        """Learnt from the first message: a message whose ack subject starts so is no redelivery
+        (one ``startswith`` a message, measured 4x cheaper than reading the count each time)."""
+
+    @property
+    def rejected(self) -> int:
+        return self._counts.rejected
+
+    def status(self) -> NatsPersistStatus:
+        counts, seconds = self._counts, self._batch_seconds
+        return NatsPersistStatus(
+            fetched=counts.fetched,
+            redelivered=counts.redelivered,
+            acked=counts.acked,
+            released=counts.released,
+            rejected=counts.rejected,
+            batch_seconds=None if seconds is None else seconds.snapshot(),
+        )
 
     async def start(self) -> None:
         self._inbox = self._client.new_inbox()
@@ -105,7 +173,7 @@ class JetStreamTickBatches(TickBatchSource):
             with contextlib.suppress(nats.errors.Error):
                 await self._subscription.unsubscribe()
         left, self._arrived = self._arrived, []
-        await _JetStreamBatch(self._client, [], left).release()
+        await _JetStreamBatch(self._client, [], left, self._counts).release()
 
     async def next_batch(self) -> TickBatch | None:
         if not self._asking and not await self._ask():
@@ -122,7 +190,7 @@ class JetStreamTickBatches(TickBatchSource):
         await self._ask()  # the next batch arrives while this one is stored
         kept: list[Msg] = []
         ticks = await self._decoded(messages, kept)
-        return _JetStreamBatch(self._client, ticks, kept)
+        return _JetStreamBatch(self._client, ticks, kept, self._counts, self._batch_seconds)
 
     async def _ask(self) -> bool:
         """Ask for the next batch; False if the request could not be sent."""
@@ -146,11 +214,20 @@ class JetStreamTickBatches(TickBatchSource):
         """The ticks of ``messages``; each one kept goes to ``keep``, the rest are terminated."""
         ticks: list[MarketTick] = []
         decode = wire.decode
+        counts = self._counts
+        counts.fetched += len(messages)
+        first = self._first_delivery
         for message in messages:
+            if not message.reply.startswith(first):
+                prefix = _first_delivery_prefix(message.reply)
+                if prefix is None:
+                    counts.redelivered += 1
+                else:
+                    first = self._first_delivery = prefix
             try:
                 ticks.append(decode(message.data))
             except msgspec.DecodeError as e:
-                self.rejected += 1
+                counts.rejected += 1
                 log.error(
                     "nats.message_rejected",
                     subject=message.subject,

@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 
 from kairos_core.adapters.outbound.nats import wire
 from kairos_core.domain import Exchange, MarketFeedPort, TickSink
+from kairos_core.domain.status import NatsFeedStatus
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +60,10 @@ class NatsTickFeed(MarketFeedPort):
     @property
     def exchange(self) -> Exchange:
         return self._exchange
+
+    def nats_status(self) -> NatsFeedStatus:
+        """Its counters (not ``status``: that would make it a ``FeedStatusPort`` of exchange connections)."""
+        return NatsFeedStatus(exchange=self._exchange, received=self.received, rejected=self.rejected)
 
     async def start(self) -> None:
         subscriptions = [await self._client.subscribe(s, cb=self._on_message) for s in self._subjects]

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kairos_core.domain import Exchange
-from kairos_core.domain.status import HistogramSnapshot, ServiceSnapshot, StatusSource
+from kairos_core.domain.status import HistogramSnapshot, NatsStatus, ServiceSnapshot, StatusSource
 
 RATE_WINDOW = 5.0
 """Seconds of history the ticks-per-second figures average over."""
@@ -99,6 +99,7 @@ class RichDashboard:
             "ticks/s",
             "ticks",
             "last trade",
+            "silent",
             "gaps",
         ):
             table.add_column(column, justify="left" if column in ("exchange", "symbol") else "right")
@@ -124,6 +125,7 @@ class RichDashboard:
                 f"{rates.get(key, 0.0):.1f}",
                 str(symbol.ticks),
                 age,
+                _silence(symbol.seconds_since_last_tick, symbol.stale_after, stale=symbol.stale),
                 f"{symbol.gaps}" + (f" ({symbol.unrecoverable} lost)" if symbol.unrecoverable else ""),
             )
         return table
@@ -164,10 +166,10 @@ class RichDashboard:
         return table
 
     def _storage_and_trading(self, snapshot: ServiceSnapshot) -> RenderableType:
-        lines = Text()
+        lines = _nats(snapshot.nats)
         persistence = snapshot.persistence
         if persistence is not None:
-            lines.append("Database  ", style="bold")
+            lines.append("\nDatabase  " if lines else "Database  ", style="bold")
             lines.append(
                 f"stored {persistence.stored}  buffered {persistence.buffered} of "
                 f"{persistence.buffer_limit}  retries {persistence.retries}  "
@@ -176,7 +178,7 @@ class RichDashboard:
         trading = snapshot.trading
         if trading is None:
             return lines
-        lines.append("\nStrategy  ", style="bold")
+        lines.append("\nStrategy  " if lines else "Strategy  ", style="bold")
         lines.append(
             f"intents {trading.intents}  approved {trading.approved}  "
             f"rejected {sum(trading.rejected.values())}  fills {trading.fills}"
@@ -194,6 +196,44 @@ class RichDashboard:
                 _money(held.unrealised_pnl),
             )
         return Group(lines, positions)
+
+
+def _silence(seconds: float, threshold: float, *, stale: bool) -> Text:
+    if stale:
+        return Text(f"{seconds:.0f} s > {threshold:g} s", style="bold red")
+    return Text(f"{seconds:.0f} s")
+
+
+def _nats(nats: NatsStatus | None) -> Text:
+    """One line per NATS part the process runs: the connection, publishing, persisting, feeds."""
+    lines = Text()
+    if nats is None:
+        return lines
+    lines.append("NATS      ", style="bold")
+    lines.append(f"{nats.server} ")
+    lines.append(
+        *(
+            (f"up {nats.state_seconds:.0f} s", "green")
+            if nats.connected
+            else (f"down {nats.state_seconds:.0f} s", "bold red")
+        )
+    )
+    lines.append(f"  reconnects {nats.reconnects}")
+    publisher, persist = nats.publisher, nats.persist
+    if publisher is not None:
+        lines.append(
+            f"\n  publish published {publisher.published}  stored {publisher.stored}  "
+            f"duplicates {publisher.duplicates}  unconfirmed {publisher.unconfirmed} of {publisher.window}  "
+            f"retries {_counts(publisher.retries)}"
+        )
+    if persist is not None:
+        lines.append(
+            f"\n  persist fetched {persist.fetched}  acked {persist.acked}  "
+            f"redelivered {persist.redelivered}  released {persist.released}  rejected {persist.rejected}"
+        )
+    for feed in nats.feeds:
+        lines.append(f"\n  feed {feed.exchange.value}  received {feed.received}  rejected {feed.rejected}")
+    return lines
 
 
 def _counts(counts: Mapping[str, int]) -> str:

@@ -17,7 +17,9 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from kairos_core.domain.status import HistogramSnapshot, ServiceSnapshot, StatusSource
+from kairos_core.adapters.inbound.observability.families import buckets, histogram_family
+from kairos_core.adapters.inbound.observability.prometheus_nats import nats_families
+from kairos_core.domain.status import ServiceSnapshot, StatusSource
 
 
 def metrics_registry(status: StatusSource) -> CollectorRegistry:
@@ -42,6 +44,7 @@ class PrometheusStatusCollector:
         yield from _bus(snapshot)
         yield from _persistence(snapshot)
         yield from _trading(snapshot)
+        yield from nats_families(snapshot)
         ready = GaugeMetricFamily("kairos_ready", "1 while /readyz answers 200 (see its body for why not).")
         ready.add_metric([], float(snapshot.readiness.ready))
         yield ready
@@ -59,6 +62,11 @@ def _feeds(snapshot: ServiceSnapshot) -> Iterator[Metric]:
     reconnects = CounterMetricFamily(
         "kairos_reconnects_total", "Reconnects, by reason.", labels=["exchange", "reason"]
     )
+    rotations = CounterMetricFamily(
+        "kairos_rotations_total",
+        "Connections replaced make-before-break, by reason.",
+        labels=["exchange", "reason"],
+    )
     rejected = CounterMetricFamily(
         "kairos_frames_rejected_total",
         "Frames that could not become a tick, by reason.",
@@ -72,16 +80,18 @@ def _feeds(snapshot: ServiceSnapshot) -> Iterator[Metric]:
             silent.add_metric(named, connection.silent_seconds)
         for reason, count in sorted(feed.reconnects.items()):
             reconnects.add_metric([feed.exchange.value, reason], count)
+        for reason, count in sorted(feed.rotations.items()):
+            rotations.add_metric([feed.exchange.value, reason], count)
         for reason, count in sorted(feed.rejected.items()):
             rejected.add_metric([feed.exchange.value, reason], count)
-    yield from (up, state, silent, reconnects, rejected)
+    yield from (up, state, silent, reconnects, rotations, rejected)
     latency = HistogramMetricFamily(
         "kairos_trade_to_receipt_seconds",
         "Exchange trade time to local receipt (sampled; includes the clocks' offset).",
         labels=["exchange"],
     )
     for exchange, histogram in sorted(snapshot.trade_to_receipt.items()):
-        latency.add_metric([exchange.value], _buckets(histogram), histogram.total)
+        latency.add_metric([exchange.value], buckets(histogram), histogram.total)
     yield latency
 
 
@@ -97,9 +107,14 @@ def _symbols(snapshot: ServiceSnapshot) -> Iterator[Metric]:
         "Seconds since the last live tick was received (since start while none has been).",
         labels=labels,
     )
+    threshold = GaugeMetricFamily(
+        "kairos_symbol_stale_after_seconds",
+        "The symbol's stale threshold: the default or its own.",
+        labels=labels,
+    )
     stale = GaugeMetricFamily(
         "kairos_symbol_stale",
-        "1 while seconds since the last tick exceed the stale threshold.",
+        "1 while seconds since the last tick exceed the symbol's stale threshold.",
         labels=labels,
     )
     duplicates = CounterMetricFamily(
@@ -120,13 +135,14 @@ def _symbols(snapshot: ServiceSnapshot) -> Iterator[Metric]:
         ticks.add_metric([*named, "live"], symbol.live)
         ticks.add_metric([*named, "backfill"], symbol.backfilled)
         since.add_metric(named, symbol.seconds_since_last_tick)
+        threshold.add_metric(named, symbol.stale_after)
         stale.add_metric(named, float(symbol.stale))
         duplicates.add_metric(named, symbol.duplicates)
         gaps.add_metric(named, symbol.gaps)
         unrecoverable.add_metric(named, symbol.unrecoverable)
         unrecovered.add_metric(named, symbol.unrecovered_ids)
         repair.add_metric(named, symbol.repair_seconds_max)
-    yield from (ticks, since, stale, duplicates, gaps, unrecoverable, unrecovered, repair)
+    yield from (ticks, since, threshold, stale, duplicates, gaps, unrecoverable, unrecovered, repair)
 
 
 def _bus(snapshot: ServiceSnapshot) -> Iterator[Metric]:
@@ -152,7 +168,7 @@ def _bus(snapshot: ServiceSnapshot) -> Iterator[Metric]:
         received.add_metric([subscriber.name], subscriber.received)
         lost.add_metric([subscriber.name], subscriber.lost)
         if subscriber.latency is not None:
-            latency.add_metric([subscriber.name], _buckets(subscriber.latency), subscriber.latency.total)
+            latency.add_metric([subscriber.name], buckets(subscriber.latency), subscriber.latency.total)
     yield from (depth, lag, received, lost, latency)
 
 
@@ -187,12 +203,10 @@ def _persistence(snapshot: ServiceSnapshot) -> Iterator[Metric]:
     )
     for name, documentation, value in gauges:
         yield GaugeMetricFamily(name, documentation, value=value)
-    histogram = persistence.batch_seconds
-    yield HistogramMetricFamily(
+    yield histogram_family(
         "kairos_persistence_batch_duration_seconds",
         "Duration of each successful batch write.",
-        buckets=_buckets(histogram),
-        sum_value=histogram.total,
+        persistence.batch_seconds,
     )
 
 
@@ -227,12 +241,3 @@ def _trading(snapshot: ServiceSnapshot) -> Iterator[Metric]:
         realised.add_metric(named, float(held.realised_pnl))
         unrealised.add_metric(named, float(held.unrealised_pnl))
     yield from (position, realised, unrealised)
-
-
-def _buckets(histogram: HistogramSnapshot) -> list[tuple[str, float]]:
-    """Prometheus's cumulative ``le`` buckets, ``+Inf`` last."""
-    buckets, running = [], 0
-    for bound, count in zip((*map(repr, histogram.bounds), "+Inf"), histogram.counts, strict=True):
-        running += count
-        buckets.append((bound, float(running)))
-    return buckets

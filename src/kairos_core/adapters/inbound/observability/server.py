@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from kairos_core.domain import ConfigurationError
-from kairos_core.domain.status import ServiceSnapshot, StatusSource
+from kairos_core.domain.status import ServiceSnapshot, StatusSource, SymbolStatus
 
 log = structlog.get_logger(__name__)
 
@@ -70,7 +70,7 @@ class AiohttpStatusServer:
 
 def readiness_body(snapshot: ServiceSnapshot) -> dict[str, Any]:
     """What ``/readyz`` says: the verdict, what is wrong, and the state it was judged on."""
-    persistence = snapshot.persistence
+    persistence, nats = snapshot.persistence, snapshot.nats
     return {
         "ready": snapshot.readiness.ready,
         "problems": list(snapshot.readiness.problems),
@@ -94,13 +94,24 @@ def readiness_body(snapshot: ServiceSnapshot) -> dict[str, Any]:
             "buffer_limit": persistence.buffer_limit,
         },
         "stale_after_seconds": snapshot.stale_after,
-        "stale_symbols": [
-            {
-                "exchange": symbol.exchange.value,
-                "symbol": symbol.symbol,
-                "seconds_since_last_tick": round(symbol.seconds_since_last_tick, 1),
-            }
+        "stale_symbols": [_silence(symbol) for symbol in snapshot.symbols if symbol.stale],
+        "symbols": [
+            {**_silence(symbol), "stale_after_seconds": symbol.stale_after, "stale": symbol.stale}
             for symbol in snapshot.symbols
-            if symbol.stale
         ],
+        "nats": None
+        if nats is None
+        else {
+            "server": nats.server,
+            "connected": nats.connected,
+            "state_seconds": round(nats.state_seconds, 1),
+        },
+    }
+
+
+def _silence(symbol: SymbolStatus) -> dict[str, Any]:
+    return {
+        "exchange": symbol.exchange.value,
+        "symbol": symbol.symbol,
+        "seconds_since_last_tick": round(symbol.seconds_since_last_tick, 1),
     }

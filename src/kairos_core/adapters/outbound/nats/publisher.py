@@ -20,9 +20,10 @@ import contextlib
 import itertools
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 import msgspec
 import nats.errors
@@ -33,6 +34,7 @@ from nats.aio.subscription import Subscription
 
 from kairos_core.adapters.outbound.nats import wire
 from kairos_core.domain import Exchange, MarketTick, TickPublisher
+from kairos_core.domain.status import NatsPublisherStatus
 
 log = structlog.get_logger(__name__)
 
@@ -66,14 +68,31 @@ class _Outgoing:
     sent_at: float = 0.0
 
 
+class RetryReason(StrEnum):
+    """Why a publish is repeated."""
+
+    REFUSED = "refused"
+    """The stream answered with an error (or nothing takes the subject)."""
+    TIMEOUT = "timeout"
+    """No ack within the ack timeout."""
+    UNSENT = "unsent"
+    """Not written: disconnected with the client's buffer full, or closed."""
+
+
 @dataclass(slots=True)
 class PublisherStats:
+    published: int = 0
+    """Ticks published, first attempts."""
     stored: int = 0
     """Ticks the stream confirmed as new."""
     duplicates: int = 0
     """Ticks the stream confirmed as already stored (dropped by its duplicate window)."""
-    retries: int = 0
-    """Publishes repeated after an error or a missing ack."""
+    retried: Counter[RetryReason] = field(default_factory=Counter)
+    """Publishes repeated, by reason."""
+
+    @property
+    def retries(self) -> int:
+        return self.retried.total()
 
 
 class NatsTickPublisher(TickPublisher):
@@ -117,6 +136,17 @@ class NatsTickPublisher(TickPublisher):
     def unconfirmed(self) -> int:
         return len(self._awaiting) + len(self._retrying)
 
+    def status(self) -> NatsPublisherStatus:
+        stats = self.stats
+        return NatsPublisherStatus(
+            published=stats.published,
+            stored=stats.stored,
+            duplicates=stats.duplicates,
+            retries={str(reason): stats.retried[reason] for reason in RetryReason},
+            unconfirmed=self.unconfirmed,
+            window=self._window,
+        )
+
     async def start(self) -> None:
         self._inbox = f"{self._client.new_inbox()}."
         self._subscription = await self._client.subscribe(f"{self._inbox}*", cb=self._on_ack)
@@ -146,6 +176,7 @@ class NatsTickPublisher(TickPublisher):
                     self._prefix, tick.exchange, tick.symbol
                 )
             outgoing = _Outgoing(subject, wire.encode(tick), {wire.MSG_ID_HEADER: wire.message_id(tick)})
+            self.stats.published += 1
             await self._publish(outgoing)
 
     async def flush(self) -> None:
@@ -164,7 +195,7 @@ class NatsTickPublisher(TickPublisher):
             )
         except nats.errors.Error as e:  # not connected and the client's buffer full, or closed
             if self._awaiting.pop(token, None) is not None:
-                self._failed(outgoing, f"{type(e).__name__}: {e}")
+                self._failed(outgoing, RetryReason.UNSENT, f"{type(e).__name__}: {e}")
 
     async def _on_ack(self, message: Msg) -> None:
         try:
@@ -177,7 +208,8 @@ class NatsTickPublisher(TickPublisher):
         ack = _read_ack(message.data)
         if ack.error is not None:
             error = ack.error
-            self._failed(outgoing, f"{error.description} (code {error.code}, err_code {error.err_code})")
+            detail = f"{error.description} (code {error.code}, err_code {error.err_code})"
+            self._failed(outgoing, RetryReason.REFUSED, detail)
             return
         if self._failures:
             log.info("publisher.recovered", retries=self.stats.retries, unconfirmed=self.unconfirmed)
@@ -188,11 +220,11 @@ class NatsTickPublisher(TickPublisher):
             self.stats.stored += 1
         self._settled()
 
-    def _failed(self, outgoing: _Outgoing, reason: str) -> None:
+    def _failed(self, outgoing: _Outgoing, reason: RetryReason, detail: str) -> None:
         if not self._failures:
-            log.warning("publisher.retrying", subject=outgoing.subject, error=reason)
+            log.warning("publisher.retrying", subject=outgoing.subject, reason=reason, error=detail)
         self._failures += 1
-        self.stats.retries += 1
+        self.stats.retried[reason] += 1
         self._retrying.append(outgoing)
         self._wake.set()
 
@@ -229,7 +261,7 @@ class NatsTickPublisher(TickPublisher):
             if now - outgoing.sent_at < self._ack_timeout:
                 return
             del awaiting[token]
-            self._failed(outgoing, f"no ack within {self._ack_timeout} s")
+            self._failed(outgoing, RetryReason.TIMEOUT, f"no ack within {self._ack_timeout} s")
 
 
 def _read_ack(data: bytes) -> _PubAck:
