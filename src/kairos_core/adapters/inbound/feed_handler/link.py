@@ -126,6 +126,7 @@ class FeedLink:
         self._count = count
         self._policy = policy
         self.current: PacedSession | None = None
+        self._rotate_at: float | None = None
         self.changed_at = time.monotonic()
         """When the connection last opened or was lost."""
         self._rotation = asyncio.Event()
@@ -180,7 +181,7 @@ class FeedLink:
         try:
             while True:
                 self._serving(session)
-                timeout = retry_in if retry_in is not None else self._rotation_due(session)
+                timeout = retry_in if retry_in is not None else self._rotation_due()
                 watchdog = asyncio.create_task(self._watch(session))
                 asked = asyncio.create_task(self._rotation.wait())
                 try:
@@ -211,6 +212,8 @@ class FeedLink:
         if self.current is not session:
             self.current = session
             self.changed_at = time.monotonic()
+            after = self.feed.planner.rotate_after(self.index, self._count)
+            self._rotate_at = None if after is None else session.opened_at + after
 
     def _pump(self, session: PacedSession, on_frame: FrameHandler) -> asyncio.Task[None]:
         task = asyncio.create_task(session.pump(on_frame, self.feed.ready), name=f"pump:{self.feed.exchange}")
@@ -218,11 +221,9 @@ class FeedLink:
         task.add_done_callback(self.feed.pumps.pop)
         return task
 
-    def _rotation_due(self, session: PacedSession) -> float | None:
-        after = self.feed.planner.rotate_after(self.index, self._count)
-        if after is None:
-            return None
-        return max(0.0, session.opened_at + after - time.monotonic())
+    def _rotation_due(self) -> float | None:
+        """Seconds until the current connection's rotation, drawn once when it began serving."""
+        return None if self._rotate_at is None else max(0.0, self._rotate_at - time.monotonic())
 
     # -- rotation -----------------------------------------------------------------------------------
 
