@@ -254,3 +254,41 @@ async def test_a_connection_gone_silent_that_still_answers_pings_is_rotated_and_
     assert len(repaired) == len(detected), "and every one was repaired"
     for symbol, ids in collected.ids().items():
         assert sorted(ids) == list(range(min(ids), max(ids) + 1)), f"{symbol}: an id is missing or repeated"
+
+
+async def test_trades_a_silent_connection_kept_back_are_recovered_though_the_market_then_goes_quiet() -> None:
+    """The plan ends while the connection is silent: no later live trade reveals the gap, so only
+    the follow-up after the rotation can find the silenced trades."""
+    simulator = BinanceSimulator(
+        PAIR, rate=1_000, seed=17, id_base=50_000, ping_interval=None, silent_after=1.0, trades=1_400
+    )
+    port = await simulator.start()
+    collected = Collected()
+    try:
+        async with BinanceTradeHistory(f"http://127.0.0.1:{port}") as history:
+            guard = ContinuityGuard(collected, history, follow_delay=0.2)
+            feed = BinanceFeedHandler(
+                guard,
+                PAIR,
+                url=f"ws://127.0.0.1:{port}/stream",
+                rest_url=None,
+                policy=ReconnectPolicy(initial_delay=0.05, max_delay=0.2),
+                watchdog=0.5,
+            )
+            feed.on_connected = guard.connected
+            running = asyncio.create_task(feed.start())
+            try:
+                planned = sum(len(ids) for ids in simulator.expected.values())
+                await eventually(lambda: len(collected.ticks) >= planned, "every planned trade", timeout=15)
+            finally:
+                await feed.stop()
+                await running
+                await guard.close()
+    finally:
+        await simulator.stop()
+
+    assert feed.rotations[RotationReason.SILENT] >= 1
+    assert simulator.stats()["trades_silenced"] > 0
+    assert {symbol: sorted(ids) for symbol, ids in collected.ids().items()} == {
+        symbol.upper(): list(ids) for symbol, ids in simulator.expected.items()
+    }

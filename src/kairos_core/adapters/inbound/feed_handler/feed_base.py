@@ -91,7 +91,8 @@ class WebSocketFeed(MarketFeedPort, FeedStatusPort):
         self.reconnect_reasons: Counter[ReconnectReason] = Counter()
         self.rotations: Counter[RotationReason] = Counter()
         self.on_connected: Callable[[], None] | None = None
-        """Called after every connect, once subscribed (the gap guard follows up quiet symbols)."""
+        """Called after every connect once subscribed, and after every rotation (the gap guard
+        follows up quiet symbols)."""
 
     @abstractmethod
     def _url(self, shard: tuple[str, ...]) -> str:
@@ -167,7 +168,11 @@ class WebSocketFeed(MarketFeedPort, FeedStatusPort):
         )
 
     def rotated(self, reason: RotationReason) -> None:
+        """A link switched connections. The gap guard follows quiet symbols up as after a connect:
+        a connection replaced for silence kept trades back that no later trade may reveal."""
         self.rotations[reason] += 1
+        if self.on_connected is not None:
+            self.on_connected()
 
     async def sleep_unless_stopped(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
