@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -132,6 +133,20 @@ async def test_a_silent_connection_answers_pings_but_gets_nothing_while_a_new_on
     assert stats["trades_silenced"] > 0
     assert stats["trades_unsent"] > 0, "while only silent connections listened, trades went nowhere"
     assert stats["trades_made"] == 1_500
+
+
+async def test_with_silent_every_only_every_nth_connection_goes_silent() -> None:
+    async with serving(rate=1_000, silent_after=0.2, silent_every=2) as sim:
+        async with client(sim) as first, client(sim) as second, client(sim) as third:
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(TimeoutError):  # what came before its silence
+                while True:
+                    await asyncio.wait_for(second.recv(), 0.05)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(second.recv(), 0.3)
+            await asyncio.wait_for(first.recv(), 1)  # the 1st and 3rd stream on
+            await asyncio.wait_for(third.recv(), 1)
+        assert sim.stats()["silenced"] == 1
 
 
 def ticks(messages: list[str | bytes]) -> list[MarketTick]:

@@ -61,9 +61,9 @@ class Faults:
     Every connection lives through the same schedule (``simulator/faults.py``), and a service that
     rotates in time meets only its first event; so the events race. The service's rotation, due at
     93.75-97.5 % of ``lifetime``, and the ``serverShutdown`` at ``shutdown_every`` each win about
-    half the time; the silence comes 0.3 s after the notice, inside the 0.5 s a rotation drains
-    the old connection, or on one whose replacement was refused. A silence ends the schedule: no
-    lifetime or shutdown close follows it, so neither close happens while a silence is due.
+    half the time. Every ``silent_every``-th connection instead goes silent at ``silent_after``,
+    well before either, while still answering pings: the watchdog finds it and the service
+    rotates it (reason ``silent``), and the follow-up after the rotation fetches what it kept back.
     Drops (random), oversize frames (by trade count) and refused handshakes cut connections
     besides.
     """
@@ -74,7 +74,8 @@ class Faults:
     policy's 30 s of uptime counts as quick, and quick ones in a row are spaced out."""
     shutdown_every: float = 30.6
     shutdown_grace: float = 1.0
-    silent_after: float = 30.9
+    silent_after: float = 20.0
+    silent_every: int = 3
     watchdog: float = 2.0
     """``--binance-watchdog``: seconds without a frame before the service probes and replaces."""
     drop_every: float = 75.0

@@ -54,6 +54,7 @@ RUN_ONLY = (
         "shutdown_grace",
         "lifetime",
         "silent_after",
+        "silent_every",
         "connection_budget",
         "budget_window",
     ),  # the simulator's planned run and faults (_add_fault_options)
@@ -448,6 +449,12 @@ def _add_fault_options(simulate: argparse.ArgumentParser) -> None:
         ("--budget-window", "with --connection-budget: the sliding window (default 300)"),
     ):
         add(flag, type=_positive("seconds"), metavar="SECONDS", help=what)
+    add(
+        "--silent-every",
+        type=_positive_int,
+        metavar="N",
+        help="with --silent-after: only every N-th connection goes silent (default 1: every one)",
+    )
     add(
         "--connection-budget",
         type=_positive_int,

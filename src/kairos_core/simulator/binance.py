@@ -189,6 +189,7 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         shutdown_grace: float = 1.0,
         lifetime: float | None = None,
         silent_after: float | None = None,
+        silent_every: int = 1,
         connection_budget: int | None = None,
         budget_window: float = 300.0,
         streams_per_connection: int = MAX_STREAMS,
@@ -202,6 +203,7 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
                 shutdown_grace=shutdown_grace,
                 lifetime=lifetime,
                 silent_after=silent_after,
+                silent_every=silent_every,
             ),
             limits=ConnectionLimits(
                 messages_per_second=messages_per_second,

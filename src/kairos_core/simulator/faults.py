@@ -98,23 +98,28 @@ class ConnectionFaults:
     first one the close (notices keep coming meanwhile if the grace is the longer); at
     ``lifetime`` an unannounced close, whichever close comes first; at ``silent_after`` the
     connection goes silent and nothing else happens to it (no notice, no close: the client has
-    to notice and leave).
+    to notice and leave); only every ``silent_every``-th connection does, so that a run can also
+    see the others reach their closes.
     """
 
     shutdown_every: float | None = None
     shutdown_grace: float = 1.0
     lifetime: float | None = None
     silent_after: float | None = None
+    silent_every: int = 1
 
     def __post_init__(self) -> None:
         for name in ("shutdown_every", "lifetime", "silent_after"):
             positive(name, getattr(self, name))
         if self.shutdown_grace < 0:
             raise ValueError(f"shutdown_grace must not be negative, got {self.shutdown_grace}")
+        if self.silent_every < 1:
+            raise ValueError(f"silent_every must be 1 or more, got {self.silent_every}")
 
-    def schedule(self) -> list[tuple[float, ConnectionEvent]]:
-        """Every event of a connection's life in order, as (seconds after opening, event); it ends
-        with its close, or with its silence. A notice due at the moment of the close goes first."""
+    def schedule(self, number: int = 1) -> list[tuple[float, ConnectionEvent]]:
+        """Every event in the life of the ``number``-th connection (from 1) in order, as (seconds
+        after opening, event); it ends with its close, or with its silence. A notice due at the
+        moment of the close goes first."""
         closes = []
         if self.lifetime is not None:
             closes.append((self.lifetime, ConnectionEvent.EXPIRE))
@@ -128,7 +133,8 @@ class ConnectionFaults:
             events += [(at, ConnectionEvent.NOTICE) for at in itertools.takewhile(lambda at: at <= end, due)]
         if close is not None:
             events.append(close)
-        if self.silent_after is not None and self.silent_after < end:
+        silent = number % self.silent_every == 0
+        if self.silent_after is not None and self.silent_after < end and silent:
             events.append((self.silent_after, ConnectionEvent.SILENCE))
         events.sort(key=_seconds)  # stable: notices stay ahead of a close at the same moment
         for i, (_, event) in enumerate(events):

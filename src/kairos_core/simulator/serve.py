@@ -31,7 +31,13 @@ _PLANNED_RUN = (
     "rest_429_every",
 )
 """Run options that plan the Binance random walk or put faults in it: ``BinanceSimulator``'s arguments."""
-_BINANCE_CONNECTIONS = ("shutdown_every", "silent_after", "connection_budget", "budget_window")
+_BINANCE_CONNECTIONS = (
+    "shutdown_every",
+    "silent_after",
+    "silent_every",
+    "connection_budget",
+    "budget_window",
+)
 """What Binance's connections go through (random walk or replay): ``BinanceSimulator``'s arguments."""
 _OKX_CONNECTIONS = ("notice_every",)
 _BOTH_CONNECTIONS = ("shutdown_grace", "lifetime")

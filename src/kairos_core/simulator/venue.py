@@ -151,7 +151,8 @@ class SimulatedVenue(ABC, Generic[_Client]):
             raise ValueError(f"rate must be positive, got {rate}")
         self.rate = rate
         self.handshake_status = handshake_status
-        self._schedule = (faults or ConnectionFaults()).schedule()
+        self._faults = faults or ConnectionFaults()
+        self._accepted = 0
         self._limits = limits or ConnectionLimits()
         budget = self._limits.connection_budget
         self._budget = None if budget is None else SlidingWindow(budget, self._limits.budget_window)
@@ -274,16 +275,20 @@ class SimulatedVenue(ABC, Generic[_Client]):
         """One accepted connection: its session, and its schedule of faults beside it."""
         assert isinstance(connection, VenueConnection)  # serve() makes them so
         connection.opened_at = asyncio.get_running_loop().time()
-        schedule = asyncio.create_task(self._keep_schedule(connection)) if self._schedule else None
+        self._accepted += 1
+        events = self._faults.schedule(self._accepted)
+        schedule = asyncio.create_task(self._keep_schedule(connection, events)) if events else None
         try:
             await self._session(connection)
         finally:
             if schedule is not None:
                 schedule.cancel()
 
-    async def _keep_schedule(self, connection: VenueConnection) -> None:
+    async def _keep_schedule(
+        self, connection: VenueConnection, events: list[tuple[float, ConnectionEvent]]
+    ) -> None:
         loop = asyncio.get_running_loop()
-        for at, event in self._schedule:
+        for at, event in events:
             await asyncio.sleep(connection.opened_at + at - loop.time())
             if connection.state is not State.OPEN:
                 return
