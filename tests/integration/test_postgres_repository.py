@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, cast
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from kairos_core.adapters.outbound.postgres import (
     PostgresTickRepository,
     create_engine,
     masked,
     normalised_url,
+    upgrade_to_head,
 )
-from kairos_core.domain import ConfigurationError, Exchange, MarketTick
+from kairos_core.adapters.outbound.postgres.tick_repository import EarlierWriteFailed
+from kairos_core.domain import ConfigurationError, Exchange, MarketTick, Side
 from tests.database import run, truncate_ticks
 from tests.strategies import MAX_EPOCH_MS, binance_symbols, market_ticks, numbered_tick
 
@@ -165,17 +172,209 @@ async def test_ticks_between_refuses_naive_times(repository: PostgresTickReposit
         await repository.ticks_between(Exchange.BINANCE, "BTCUSDT", datetime(2024, 1, 1), datetime.now(UTC))
 
 
-async def test_writes_from_several_tasks_at_once_store_each_tick_once(
-    repository: PostgresTickRepository,
-) -> None:
-    # Overlapping batches in opposite orders (live and backfill): without the sort before the
-    # insert, PostgreSQL finds a deadlock within a few rounds.
+async def test_writes_from_several_writers_at_once_store_each_tick_once(database_engine: AsyncEngine) -> None:
+    # Overlapping batches in opposite orders (live and backfill), from repositories of their own as
+    # several processes would be: without the sort before the insert, PostgreSQL finds a deadlock
+    # within a few rounds.
+    writers = [PostgresTickRepository(database_engine) for _ in range(3)]
     for first in range(0, 5_000, 500):
         forward = [numbered_tick(seq) for seq in range(first, first + 500)]
         batches = (forward, forward[::-1], forward)
-        counts = await asyncio.gather(*(repository.add_many(batch) for batch in batches))
+        writes = (writer.add_many(batch) for writer, batch in zip(writers, batches, strict=True))
+        counts = await asyncio.gather(*writes)
         assert sum(counts) == 500
-    assert await repository.last_trade_id(Exchange.BINANCE, "BTCUSDT") == 4_999
+    assert await writers[0].last_trade_id(Exchange.BINANCE, "BTCUSDT") == 4_999
+
+
+async def test_calls_in_flight_at_once_are_stored_in_order(
+    repository: PostgresTickRepository, database_engine: AsyncEngine
+) -> None:
+    # Each batch repeats a tick of the one before: stored once, counted for the earlier batch.
+    batches = [
+        [numbered_tick(seq) for seq in range(first - 1, first + 100)] for first in range(1, 1_000, 100)
+    ]
+    counts = await asyncio.gather(*(repository.add_many(batch) for batch in batches))
+    assert counts == [101] + [100] * 9
+    async with database_engine.connect() as connection:
+        # One writer at a time appends to the heap, so the rows' physical order is the insert order.
+        ids = list(await connection.scalars(text("SELECT trade_id FROM market_ticks ORDER BY ctid")))
+    assert ids == list(range(1_001))
+
+
+async def test_a_call_after_a_failed_one_fails_too_and_stores_nothing(
+    repository: PostgresTickRepository,
+) -> None:
+    refused = [numbered_tick(1)._replace(side=cast(Side, "hold"))]  # breaks the table's check on side
+    after = [numbered_tick(2)]
+    results = await asyncio.gather(
+        repository.add_many(refused), repository.add_many(after), return_exceptions=True
+    )
+    assert isinstance(results[0], asyncpg.CheckViolationError)
+    assert isinstance(results[1], EarlierWriteFailed)
+    assert await repository.last_trade_id(Exchange.BINANCE, "BTCUSDT") is None
+    assert await repository.add_many(after) == 1  # retried in order, it goes in
+
+
+async def test_a_connection_the_server_dropped_is_not_lent_again(database_url: str) -> None:
+    # No pre-ping here: the repository itself must keep a broken connection out of the pool.
+    engine = create_async_engine(normalised_url(database_url), pool_pre_ping=False)
+    repository = PostgresTickRepository(engine)
+    try:
+        await truncate_ticks(engine)
+        assert await repository.add_many([numbered_tick(1)]) == 1
+        async with engine.connect() as connection:  # the pool's one connection, the write's
+            backend = await connection.scalar(text("SELECT pg_backend_pid()"))
+        admin = create_engine(database_url)
+        try:
+            async with admin.connect() as connection:
+                await connection.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        finally:
+            await admin.dispose()
+        driver_errors = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+        with pytest.raises((*driver_errors, OSError)):
+            await repository.add_many([numbered_tick(2)])
+        assert await repository.add_many([numbered_tick(2)]) == 1
+    finally:
+        await engine.dispose()
+
+
+SYMBOLS = [f"S{n}USDT" for n in range(10)]
+
+
+@pytest.fixture
+def never_analyzed(empty_database_url: str) -> str:
+    """A database of this test's own at head, whose ``market_ticks`` autovacuum never analyzes."""
+
+    async def prepare() -> None:
+        await upgrade_to_head(empty_database_url)
+        engine = create_engine(empty_database_url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text("ALTER TABLE market_ticks SET (autovacuum_enabled = false)"))
+        finally:
+            await engine.dispose()
+
+    run(prepare())
+    return empty_database_url
+
+
+@pytest.fixture
+async def cold_engine(never_analyzed: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(never_analyzed)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def round_robin(first: int, count: int) -> list[MarketTick]:
+    return [numbered_tick(seq // 10, SYMBOLS[seq % 10]) for seq in range(first * 10, (first + count) * 10)]
+
+
+def scans_of_market_ticks(node: dict[str, Any], parent: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every plan node reading ``market_ticks`` (not the one writing it), with its parent's type."""
+    if node.get("Relation Name") == "market_ticks" and node["Node Type"] != "ModifyTable":
+        yield parent, node
+    for child in node.get("Plans", []):
+        yield from scans_of_market_ticks(child, node["Node Type"])
+
+
+class StatementLog:
+    """The statements run on a driver connection while recording, each with its last arguments."""
+
+    def __init__(self) -> None:
+        self.statements: dict[str, tuple[Any, ...]] = {}
+        self.recording = True
+
+    def __call__(self, logged: Any) -> None:
+        if self.recording:
+            self.statements[logged.query] = logged.args
+
+
+async def explain(driver: Any, statement: str, args: tuple[Any, ...], mode: str) -> dict[str, Any]:
+    """The plan of ``statement`` in ``mode`` (``auto``: a prepared statement's kept plan, if any)."""
+    async with driver.transaction():
+        await driver.execute(f"SET LOCAL plan_cache_mode = {mode}")
+        if args:  # EXPLAIN takes no parameters: prepare it, and give the write's as quoted literals
+            await driver.execute(f"PREPARE plan_check AS {statement}")
+            literals = [await driver.fetchval("SELECT quote_literal($1::text[]::text)", arg) for arg in args]
+            statement = f"EXECUTE plan_check({', '.join(literals)})"
+        explained = await driver.fetchval(f"EXPLAIN (FORMAT JSON) {statement}")
+        if args:
+            await driver.execute("DEALLOCATE plan_check")
+    plan = json.loads(explained) if isinstance(explained, str) else explained  # decoded, or not
+    return cast(dict[str, Any], plan[0]["Plan"])
+
+
+def reading_market_ticks(log: StatementLog) -> dict[str, tuple[Any, ...]]:
+    """The statements of the write that read ``market_ticks``, as they can be explained: a statement
+    it prepared by name (``PREPARE name AS ...``) as ``EXECUTE name``, the plan the connection keeps."""
+    reading: dict[str, tuple[Any, ...]] = {}
+    for query, args in log.statements.items():
+        for statement in query.split(";"):  # a simple query may hold several (none has a ';' inside)
+            if "FROM market_ticks t" in statement:
+                name = re.match(r"\s*PREPARE (\w+) AS", statement)
+                reading[f"EXECUTE {name[1]}" if name else statement] = args
+    return reading
+
+
+async def assert_primary_key_only(driver: Any, log: StatementLog) -> None:
+    """Each statement the write runs reads ``market_ticks`` only by LIMIT 1 through the primary key:
+    in the plan it keeps (made when it first ran) and in a plan made now alike."""
+    log.recording = False
+    reading = reading_market_ticks(log)
+    assert reading, f"no statement of the write reads market_ticks: {list(log.statements)}"
+    for statement, args in reading.items():
+        for mode in ("auto", "force_generic_plan", "force_custom_plan"):
+            scans = list(scans_of_market_ticks(await explain(driver, statement, args, mode)))
+            assert scans
+            for parent, scan in scans:
+                assert (parent, scan["Node Type"], scan.get("Index Name")) in {
+                    ("Limit", "Index Only Scan", "pk_market_ticks"),
+                    ("Limit", "Index Scan", "pk_market_ticks"),
+                }, f"{statement}, {mode}: {scan}"
+    log.recording = True
+
+
+async def test_on_a_table_never_analyzed_the_write_probes_only_through_the_primary_key(
+    cold_engine: AsyncEngine,
+) -> None:
+    repository = PostgresTickRepository(cold_engine)
+    log = StatementLog()
+    async with cold_engine.connect() as connection:  # the pool's one connection, the write's
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None
+        driver.add_query_logger(log)
+    resent = [numbered_tick(3, SYMBOLS[4]), numbered_tick(7, SYMBOLS[9])]
+    # A fresh service: the write's statements are planned (and prepared ones kept) on a nearly empty table.
+    for first in range(0, 100, 10):
+        assert await repository.add_many(resent + round_robin(first, 10)) == 100
+    async with cold_engine.connect() as connection:
+        driver = (await connection.get_raw_connection()).driver_connection
+        await assert_primary_key_only(driver, log)
+        # The table grows to a realistic size, never analyzed: 300,000 rows, 30,000 per symbol.
+        await connection.execute(
+            text(
+                "INSERT INTO market_ticks SELECT 'binance', symbol, id, id, id, 1, 1, 'buy', now(), now(),"
+                " now(), 'live' FROM unnest(CAST(:symbols AS text[])) symbol, generate_series(100, 29999) id"
+            ),
+            {"symbols": SYMBOLS},
+        )
+        await connection.commit()
+    for first in range(30_000, 30_050, 10):
+        assert await repository.add_many(resent + round_robin(first, 10)) == 100
+    async with cold_engine.connect() as connection:
+        analyzed = (
+            await connection.execute(
+                text(
+                    "SELECT s.last_analyze, s.last_autoanalyze, c.reltuples FROM pg_stat_user_tables s"
+                    " JOIN pg_class c ON c.oid = s.relid WHERE s.relname = 'market_ticks'"
+                )
+            )
+        ).one()
+        assert tuple(analyzed) == (None, None, -1)  # no statistics at all
+        driver = (await connection.get_raw_connection()).driver_connection
+        await assert_primary_key_only(driver, log)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 
 import pytest
 from hypothesis import given
@@ -29,6 +30,7 @@ def fast(**overrides: float) -> PersistencePolicy:
         "buffer_limit": 1_000,
         "retry_initial": 0.001,
         "retry_max": 0.005,
+        "writes_in_flight": 2,
     }
     values.update(overrides)
     return PersistencePolicy(
@@ -37,6 +39,7 @@ def fast(**overrides: float) -> PersistencePolicy:
         buffer_limit=int(values["buffer_limit"]),
         retry_initial=values["retry_initial"],
         retry_max=values["retry_max"],
+        writes_in_flight=int(values["writes_in_flight"]),
     )
 
 
@@ -185,7 +188,13 @@ def test_whatever_the_sizes_and_failures_every_tick_is_stored_exactly_once(
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("batch_size", 0), ("buffer_limit", 5), ("flush_interval", 0), ("retry_initial", 0)],
+    [
+        ("batch_size", 0),
+        ("buffer_limit", 5),
+        ("flush_interval", 0),
+        ("retry_initial", 0),
+        ("writes_in_flight", 0),
+    ],
 )
 def test_a_policy_that_cannot_work_is_refused(field: str, value: float) -> None:
     with pytest.raises(ValueError, match="persistence"):
@@ -223,3 +232,112 @@ async def test_gap_events_on_the_bus_are_not_stored() -> None:
     await asyncio.wait_for(task, GUARD)
     assert stored_ids(repository) == list(range(30))
     assert consumer.stats.stored == 30
+
+
+class GatedTickRepository(InMemoryTickRepository):
+    """Each ``add_many`` waits until its batch (by first trade id) is let through, then stores it or,
+    while ``down``, fails; ``attempts`` lists the first trade id of every call, in call order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts: list[int] = []
+        self.open: set[int] = set()
+        self.opened = asyncio.Event()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    def let_through(self, *first_ids: int) -> None:
+        self.open.update(first_ids)
+        self.opened.set()
+
+    async def add_many(self, ticks: Sequence[MarketTick]) -> int:
+        first = ticks[0].trade_id
+        self.attempts.append(first)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            while first not in self.open:
+                self.opened.clear()
+                await self.opened.wait()
+            return await super().add_many(ticks)
+        finally:
+            self.in_flight -= 1
+
+
+def running(
+    repository: InMemoryTickRepository,
+) -> tuple[PersistenceConsumer, BroadcastBus, asyncio.Task[None]]:
+    """A consumer of ``repository`` with the fast policy, running on a bus of its own."""
+    consumer = PersistenceConsumer(repository, fast())
+    bus = BroadcastBus()
+    return consumer, bus, asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(GUARD):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def test_the_next_batch_is_handed_over_while_one_is_being_written() -> None:
+    repository = GatedTickRepository()
+    consumer, bus, task = running(repository)
+    await feed(bus, ticks(40))
+    await until(lambda: repository.attempts == [0, 10])
+    await asyncio.sleep(0.05)  # batches 20 and 30 are ready, but two are in flight already
+    assert repository.attempts == [0, 10]
+    assert consumer.buffered == 40
+    repository.let_through(0, 10, 20, 30)
+    bus.close()
+    await asyncio.wait_for(task, GUARD)
+    assert repository.attempts == [0, 10, 20, 30]
+    assert repository.most_in_flight == 2
+    assert stored_ids(repository) == list(range(40))
+
+
+async def test_a_batch_stored_first_leaves_the_buffer_after_the_one_before_it() -> None:
+    repository = GatedTickRepository()
+    consumer, bus, task = running(repository)
+    await feed(bus, ticks(20))
+    repository.let_through(10)
+    await until(lambda: consumer.stats.stored == 10)
+    await asyncio.sleep(0.02)
+    assert consumer.buffered == 20  # ticks 0-9 are not stored yet, and they come first
+    repository.let_through(0)
+    await until(lambda: consumer.buffered == 0)
+    bus.close()
+    await asyncio.wait_for(task, GUARD)
+    assert stored_ids(repository) == list(range(20))
+
+
+async def test_while_the_database_is_down_only_the_oldest_batch_is_retried() -> None:
+    repository = GatedTickRepository()
+    repository.down = True
+    repository.let_through(0, 10, 20)
+    _, bus, task = running(repository)
+    await feed(bus, ticks(30))
+    await until(lambda: repository.attempts.count(0) >= 10)
+    repository.down = False
+    bus.close()
+    await asyncio.wait_for(task, GUARD)
+    assert repository.attempts.count(10) <= 2  # its first try, then once after batch 0 was stored
+    assert repository.attempts.index(20) > len(repository.attempts) - 3
+    assert stored_ids(repository) == list(range(30))
+
+
+async def test_cancelled_with_batches_in_flight_the_buffer_keeps_them() -> None:
+    repository = GatedTickRepository()
+    consumer, bus, first = running(repository)
+    await feed(bus, ticks(25))
+    await until(lambda: repository.in_flight == 2)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert consumer.buffered == 25
+    assert repository.in_flight == 0
+    repository.let_through(0, 10, 20)
+    second = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
+    bus.close()
+    await asyncio.wait_for(second, GUARD)
+    assert stored_ids(repository) == list(range(25))
+    assert consumer.buffered == 0

@@ -1,12 +1,17 @@
 """The persistence consumer: every tick on the bus into a ``TickRepository``, none dropped.
 
 Receiving and writing are apart so a slow or absent database never slows the bus: the receive
-loop only appends to the consumer's own buffer, and one writer task stores it in batches (by
-size or age), one batch in flight. A failed batch stays at the head of the buffer and is retried
-with capped backoff while the buffer grows; at its bound the receive loop stops reading, the
-subscription's queue fills and the bus holds the feeds back, so a long outage pauses the
-exchange connections instead of dropping ticks. The repository is idempotent, so a batch that
-committed but whose reply was lost is simply stored again as duplicates.
+loop only appends to the consumer's own buffer, and a writer stores it in batches (by size or
+age). Two batches are in flight at a time, so the repository can build and copy the next while
+the one before commits; a repository that keeps such calls in order (``PostgresTickRepository``
+does: a call fails if the one before it failed) never stores a later batch before an earlier
+one, so the highest stored id of a symbol stays a safe place to resume from. A batch leaves the
+buffer only once it and every batch before it are stored. A failed batch is retried with capped
+backoff (one batch at a time: the one after waits for it) while the buffer grows; at its bound
+the receive loop stops reading, the subscription's queue fills and the bus holds the feeds back,
+so a long outage pauses the exchange connections instead of dropping ticks. The repository is
+idempotent, so a batch that committed but whose reply was lost is simply stored again as
+duplicates.
 
 The buffer belongs to this object, not to ``run``: a restarted loop goes on with what is left.
 """
@@ -42,8 +47,13 @@ class PersistencePolicy:
     """Ticks held in memory before the feeds are paused; never a reason to drop one."""
     retry_initial: float = 0.1
     retry_max: float = 5.0
+    writes_in_flight: int = 2
+    """Batches handed to the repository at once: with 2, the next batch is built and copied to the
+    database while the one before commits."""
 
     def __post_init__(self) -> None:
+        if self.writes_in_flight < 1:
+            raise ValueError(f"persistence needs at least 1 write in flight, got {self.writes_in_flight}")
         if self.batch_size < 1 or self.buffer_limit < self.batch_size:
             raise ValueError(
                 f"persistence needs 1 <= batch size <= buffer limit, got {self.batch_size} "
@@ -82,6 +92,12 @@ class PersistenceConsumer:
         self._repository = repository
         self._policy = policy or PersistencePolicy()
         self._buffer: deque[MarketTick] = deque()
+        self._in_flight = 0
+        """Ticks at the head of the buffer handed to the repository and not yet stored."""
+        self._ready_at = self._policy.batch_size
+        """Buffer length at which a whole batch waits behind the ones in flight (kept equal to
+        ``_in_flight + batch_size``)."""
+        self._stored_at = 0.0
         self._batch_ready = asyncio.Event()
         self._room = asyncio.Event()
         self._receiving = False
@@ -123,7 +139,6 @@ class PersistenceConsumer:
     async def _receive(self, subscription: Subscription) -> None:
         buffer = self._buffer
         limit = self._policy.buffer_limit
-        batch_size = self._policy.batch_size
         while True:
             if len(buffer) >= limit:
                 await self._wait_for_room()
@@ -135,7 +150,7 @@ class PersistenceConsumer:
                 continue  # a gap event: the table holds trades, the log holds the event
             buffer.append(item)
             size = len(buffer)
-            if size >= batch_size:
+            if size >= self._ready_at:
                 self._batch_ready.set()
                 if size >= self._alarm_at():
                     self._raise_alarm(size)
@@ -169,20 +184,56 @@ class PersistenceConsumer:
     async def _write_loop(self) -> None:
         buffer = self._buffer
         policy = self._policy
-        while buffer or self._receiving:
-            if len(buffer) < policy.batch_size and self._receiving:
-                self._batch_ready.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._batch_ready.wait(), policy.flush_interval)
-                if not buffer:
-                    continue
-            batch = list(islice(buffer, policy.batch_size))
-            await self._store(batch)
+        slots = asyncio.Semaphore(policy.writes_in_flight)
+        writes: set[asyncio.Task[None]] = set()
+        last: asyncio.Task[None] | None = None
+        try:
+            while True:
+                waiting = len(buffer) - self._in_flight
+                if waiting < policy.batch_size and self._receiving:
+                    self._batch_ready.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._batch_ready.wait(), policy.flush_interval)
+                    waiting = len(buffer) - self._in_flight
+                if not waiting:
+                    if self._receiving:
+                        continue
+                    break
+                await slots.acquire()
+                batch = list(islice(buffer, self._in_flight, self._in_flight + policy.batch_size))
+                self._in_flight += len(batch)
+                self._ready_at = self._in_flight + policy.batch_size
+                last = asyncio.create_task(self._write(batch, last, slots), name=f"{self.name}:batch")
+                writes.add(last)
+                last.add_done_callback(writes.discard)
+            if last is not None:
+                await last
+        finally:
+            # Cancelled: the unfinished batches are still at the head of the buffer, for the next run.
+            for write in writes:
+                write.cancel()
+            await asyncio.gather(*writes, return_exceptions=True)
+            self._in_flight = 0
+            self._ready_at = policy.batch_size
+
+    async def _write(
+        self, batch: list[MarketTick], earlier: asyncio.Task[None] | None, slots: asyncio.Semaphore
+    ) -> None:
+        """Store ``batch``, then, once the batch before it has left the buffer, take it out too."""
+        try:
+            await self._store(batch, earlier)
+            if earlier is not None:
+                await earlier
+            buffer = self._buffer
             for _ in batch:
                 buffer.popleft()
+            self._in_flight -= len(batch)
+            self._ready_at -= len(batch)
             self._after_write()
+        finally:
+            slots.release()
 
-    async def _store(self, batch: list[MarketTick]) -> None:
+    async def _store(self, batch: list[MarketTick], earlier: asyncio.Task[None] | None) -> None:
         delay = self._policy.retry_initial
         failed = False
         while True:
@@ -193,19 +244,29 @@ class PersistenceConsumer:
                 self.stats.retries += 1
                 self.stats.failing = True
                 failed = True
-                wait = delay * random.uniform(0.5, 1.0)
+                # Only the oldest batch retries against the database; a later one goes once it is in.
+                behind = earlier if earlier is not None and not earlier.done() else None
+                wait = 0.0 if behind else delay * random.uniform(0.5, 1.0)
                 log.warning(
                     "persistence.write_failed",
                     error=f"{type(e).__name__}: {e}",
                     batch=len(batch),
                     buffered=len(self._buffer),
                     retry_in=round(wait, 3),
+                    after_earlier_batch=behind is not None,
                 )
-                await asyncio.sleep(wait)
-                delay = min(delay * 2, self._policy.retry_max)
+                if behind:
+                    await asyncio.wait([behind])
+                else:
+                    await asyncio.sleep(wait)
+                    delay = min(delay * 2, self._policy.retry_max)
                 continue
             stats = self.stats
-            stats.last_batch_seconds = elapsed = time.perf_counter() - started
+            # A batch's time is the write path's: from its call, or from the end of the batch before
+            # it when that ended later (with two in flight, their calls overlap).
+            done = time.perf_counter()
+            stats.last_batch_seconds = elapsed = done - max(started, self._stored_at)
+            self._stored_at = done
             self.batch_seconds.observe_ns(round(elapsed * 1e9))
             stats.failing = False
             stats.batches += 1
