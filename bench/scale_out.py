@@ -24,14 +24,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 
 import nats
 
 from e2e import SYMBOLS, simulator
-from kairos_core.adapters.outbound.postgres import PostgresTickRepository, create_engine
-from kairos_core.domain import Exchange, MarketTick, Side
 from persistence import (
     backends_cpu,
     create_database,
@@ -46,7 +43,6 @@ from persistence import (
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNT = 200_000
-WARM_UP = 100_000
 TARGET = 20_000
 TIMEOUT = 300.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -135,26 +131,6 @@ async def delete_stream(names: Names) -> None:
             await client.jetstream().delete_stream(names.stream)
     finally:
         await client.close()
-
-
-async def warm_up(url: str) -> None:
-    """Rows of another symbol, then ANALYZE, as a live table has: on a never-analyzed table the
-    planner probes a batch's ids below the stored top through the (symbol, time) index, which costs
-    time linear in the table (measured: 9 ms more per batch for every 10,000 rows)."""
-    engine = create_engine(url)
-    try:
-        repository = PostgresTickRepository(engine)
-        for first in range(0, WARM_UP, 1_000):
-            await repository.add_many(
-                [
-                    MarketTick("WARMUP", Exchange.BINANCE, Decimal(1), Decimal(1), Side.BUY, i, i, i, i, i, i)
-                    for i in range(first, first + 1_000)
-                ]
-            )
-        async with driver_connection(url) as driver:
-            await driver.execute("ANALYZE market_ticks")
-    finally:
-        await engine.dispose()
 
 
 async def backend_pids(url: str) -> list[int]:
@@ -273,8 +249,7 @@ def main() -> None:
         print(f"\nScale-out: {COUNT:,} ticks, 10 symbols; NATS {nats_label}; PostgreSQL {label}")
         name = asyncio.run(create_database(server_url))
         try:
-            asyncio.run(warm_up(database_on(server_url, name)))
-            print(f"  table warmed up: {WARM_UP:,} rows of another symbol, then ANALYZE (see warm_up)")
+            print("  a fresh, never-analyzed table, grown by the run itself")
             with tempfile.TemporaryDirectory(prefix="kairos-bench-scale-") as scratch:
                 run(names, database_on(server_url, name), Path(scratch))
         finally:
