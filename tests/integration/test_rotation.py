@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 
 from structlog.testing import capture_logs
@@ -215,6 +215,37 @@ async def test_new_connections_wait_for_the_connection_budget() -> None:
     assert_each_id_once(collected)
 
 
+@asynccontextmanager
+async def silent_run(
+    simulator: BinanceSimulator, *, watchdog: float, follow_delay: float
+) -> AsyncIterator[tuple[BinanceFeedHandler, ContinuityGuard, Collected]]:
+    """The feed streaming through a guard whose history is the simulator's own REST, until the
+    block ends (the simulator is stopped after)."""
+    port = await simulator.start()
+    collected = Collected()
+    try:
+        async with BinanceTradeHistory(f"http://127.0.0.1:{port}") as history:
+            guard = ContinuityGuard(collected, history, follow_delay=follow_delay)
+            feed = BinanceFeedHandler(
+                guard,
+                PAIR,
+                url=f"ws://127.0.0.1:{port}/stream",
+                rest_url=None,
+                policy=ReconnectPolicy(initial_delay=0.05, max_delay=0.2),
+                watchdog=watchdog,
+            )
+            feed.on_connected = guard.connected
+            running = asyncio.create_task(feed.start())
+            try:
+                yield feed, guard, collected
+            finally:
+                await feed.stop()
+                await running
+                await guard.close()
+    finally:
+        await simulator.stop()
+
+
 async def test_a_connection_gone_silent_that_still_answers_pings_is_rotated_and_its_gap_repaired() -> None:
     """The simulator stops sending on each connection a second after it opened but answers its
     pings: the watchdog's probe succeeds, so the connection is rotated rather than dropped, and
@@ -222,29 +253,9 @@ async def test_a_connection_gone_silent_that_still_answers_pings_is_rotated_and_
     simulator = BinanceSimulator(
         PAIR, rate=1_000, seed=16, id_base=40_000, ping_interval=None, silent_after=1.0
     )
-    port = await simulator.start()
-    collected = Collected()
-    try:
-        async with BinanceTradeHistory(f"http://127.0.0.1:{port}") as history:
-            guard = ContinuityGuard(collected, history, follow_delay=3600)
-            feed = BinanceFeedHandler(
-                guard,
-                PAIR,
-                url=f"ws://127.0.0.1:{port}/stream",
-                rest_url=None,
-                policy=ReconnectPolicy(initial_delay=0.05, max_delay=0.2),
-                watchdog=0.3,
-            )
-            running = asyncio.create_task(feed.start())
-            try:
-                await eventually(lambda: feed.rotations[RotationReason.SILENT] >= 2, "two silent rotations")
-                await eventually(lambda: not guard.repairing, "the repairs")
-            finally:
-                await feed.stop()
-                await running
-                await guard.close()
-    finally:
-        await simulator.stop()
+    async with silent_run(simulator, watchdog=0.3, follow_delay=0.2) as (feed, guard, collected):
+        await eventually(lambda: feed.rotations[RotationReason.SILENT] >= 2, "two silent rotations")
+        await eventually(lambda: not guard.repairing, "the repairs")
 
     assert feed.reconnects == 0, "a connection that answers pings is rotated, not dropped"
     assert simulator.stats()["silenced"] >= 2
@@ -262,30 +273,9 @@ async def test_trades_a_silent_connection_kept_back_are_recovered_though_the_mar
     simulator = BinanceSimulator(
         PAIR, rate=1_000, seed=17, id_base=50_000, ping_interval=None, silent_after=1.0, trades=1_400
     )
-    port = await simulator.start()
-    collected = Collected()
-    try:
-        async with BinanceTradeHistory(f"http://127.0.0.1:{port}") as history:
-            guard = ContinuityGuard(collected, history, follow_delay=0.2)
-            feed = BinanceFeedHandler(
-                guard,
-                PAIR,
-                url=f"ws://127.0.0.1:{port}/stream",
-                rest_url=None,
-                policy=ReconnectPolicy(initial_delay=0.05, max_delay=0.2),
-                watchdog=0.5,
-            )
-            feed.on_connected = guard.connected
-            running = asyncio.create_task(feed.start())
-            try:
-                planned = sum(len(ids) for ids in simulator.expected.values())
-                await eventually(lambda: len(collected.ticks) >= planned, "every planned trade", timeout=15)
-            finally:
-                await feed.stop()
-                await running
-                await guard.close()
-    finally:
-        await simulator.stop()
+    planned = sum(len(ids) for ids in simulator.expected.values())
+    async with silent_run(simulator, watchdog=0.5, follow_delay=0.2) as (feed, _, collected):
+        await eventually(lambda: len(collected.ticks) >= planned, "every planned trade", timeout=15)
 
     assert feed.rotations[RotationReason.SILENT] >= 1
     assert simulator.stats()["trades_silenced"] > 0
