@@ -4,6 +4,12 @@ Every client gets the same ``count`` aggTrade frames (ids consecutive per symbol
 as its socket drains (``rate=None``) or paced at ``rate`` frames per second. The frames are
 encoded and WebSocket-framed before the first client connects, and written in large chunks past
 the library's per-message ``send``, so one core pushes far more than a Python client can read.
+
+Clients of other libraries connect the way those libraries do, so the paths and requests are
+Binance's: ``/stream?streams=...`` gets combined frames, ``/ws`` and ``/ws/<stream>`` the ``data``
+object alone, and a connection that names no streams gets nothing until its ``SUBSCRIBE``
+requests cover every symbol served (answered as Binance does, and so are later requests). The
+frames carry every symbol whatever the connection asked for: a benchmark client subscribes to all.
 With ``send_log``, each frame's send time is written as ``symbol,trade_id,send_ns`` lines (paced
 runs only: latency is measured at a steady rate, not while blasting).
 """
@@ -21,6 +27,7 @@ import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from kairos_core.simulator.binance import _RandomWalk
+from kairos_core.simulator.subscriptions import Subscriptions
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +43,20 @@ class _Frame(msgspec.Struct):
 
 class _Data(msgspec.Struct):
     a: int
+
+
+class _RawFrame(msgspec.Struct):
+    data: msgspec.Raw
+
+
+class _Framings:
+    """The same frames two ways: combined (``{"stream":...,"data":...}``) and raw (``data`` alone)."""
+
+    def __init__(self, payloads: list[bytes]) -> None:
+        self.frames = [websocket_text_frame(p) for p in payloads]
+        self.chunks = [
+            b"".join(self.frames[i : i + _CHUNK_FRAMES]) for i in range(0, len(self.frames), _CHUNK_FRAMES)
+        ]
 
 
 def websocket_text_frame(payload: bytes) -> bytes:
@@ -61,23 +82,23 @@ class BenchmarkServer:
         seed: int = 1,
         id_base: int = 1,
     ) -> None:
-        walk = _RandomWalk([s.lower() for s in symbols], seed, id_base).frames()
-        decode = msgspec.json.Decoder(_Frame).decode
+        self._symbols = [s.lower() for s in symbols]
+        walk = _RandomWalk(self._symbols, seed, id_base).frames()
+        decode, decode_raw = msgspec.json.Decoder(_Frame).decode, msgspec.json.Decoder(_RawFrame).decode
         self._keys: list[tuple[str, int]] = []
-        self._frames: list[bytes] = []
+        combined: list[bytes] = []
         for _, (symbol, payload) in zip(range(count), walk, strict=False):
             self._keys.append((symbol.upper(), decode(payload).data.a))
-            self._frames.append(websocket_text_frame(payload))
-        self._chunks = [
-            b"".join(self._frames[i : i + _CHUNK_FRAMES]) for i in range(0, len(self._frames), _CHUNK_FRAMES)
-        ]
+            combined.append(payload)
+        self._combined = _Framings(combined)
+        self._raw = _Framings([bytes(decode_raw(p).data) for p in combined])
         self.rate = rate
         self._send_log = send_log
         self._server: Server | None = None
 
     @property
     def count(self) -> int:
-        return len(self._frames)
+        return len(self._keys)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         # No keepalive pings from this side: nothing else may write to the socket mid-chunk.
@@ -89,7 +110,7 @@ class BenchmarkServer:
             "simulator.benchmark_ready",
             port=bound,
             frames=self.count,
-            bytes=sum(map(len, self._chunks)),
+            bytes=sum(map(len, self._combined.chunks)),
             rate=self.rate,
         )
         return bound
@@ -100,27 +121,43 @@ class BenchmarkServer:
             await self._server.wait_closed()
 
     async def _session(self, connection: ServerConnection) -> None:
+        assert connection.request is not None
+        subscriptions = Subscriptions.for_target(connection.request.path, self._symbols)
+        if subscriptions is None:
+            await connection.close(1008, "use /stream or /ws")
+            return
+        while not subscriptions.symbols.issuperset(self._symbols):
+            await connection.send(subscriptions.answer(await connection.recv()), text=True)
+        answering = asyncio.create_task(self._answer(connection, subscriptions))
+        framings = self._combined if subscriptions.combined else self._raw
         started = time.perf_counter()
         if self.rate is None:
-            await self._blast(connection)
+            await self._blast(connection, framings)
         else:
-            await self._paced(connection.transport, self.rate)
+            await self._paced(connection.transport, framings, self.rate)
         log.info(
             "simulator.benchmark_sent",
             frames=self.count,
             seconds=round(time.perf_counter() - started, 3),
         )
         await connection.wait_closed()
+        answering.cancel()
 
-    async def _blast(self, connection: ServerConnection) -> None:
+    @staticmethod
+    async def _answer(connection: ServerConnection, subscriptions: Subscriptions) -> None:
+        """Requests sent while the frames stream; each reply is a whole frame between chunks."""
+        async for message in connection:
+            await connection.send(subscriptions.answer(message), text=True)
+
+    async def _blast(self, connection: ServerConnection, framings: _Framings) -> None:
         transport = connection.transport
-        for chunk in self._chunks:
+        for chunk in framings.chunks:
             if transport.is_closing():
                 return
             transport.write(chunk)
             await connection.drain()  # waits only while the transport is above its high-water mark
 
-    async def _paced(self, transport: asyncio.WriteTransport, rate: float) -> None:
+    async def _paced(self, transport: asyncio.WriteTransport, framings: _Framings, rate: float) -> None:
         send_ns = [0] * self.count
         loop = asyncio.get_running_loop()
         begin = loop.time()
@@ -128,7 +165,7 @@ class BenchmarkServer:
         while sent < self.count and not transport.is_closing():
             due = min(self.count, int((loop.time() - begin) * rate) + 1)
             while sent < due:
-                transport.write(self._frames[sent])
+                transport.write(framings.frames[sent])
                 send_ns[sent] = time.time_ns()
                 sent += 1
             await asyncio.sleep(_PACE_STEP)
