@@ -61,4 +61,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/metrics.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-bench .pytest_cache .mypy_cache .ruff_cache .hypothesis

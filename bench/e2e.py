@@ -1,10 +1,11 @@
 """End-to-end benchmark: simulator and client in separate processes, pinned to different cores.
 
 Each figure is taken in the same run: the simulator alone (a raw socket reader), the bare
-``websockets`` + orjson client (the floor) and the kairos pipeline, interleaved over several
-rounds; then latency from the simulator's send to the subscriber at a paced rate. The
-simulator's CPU share is printed beside every figure; a run where it used more than 80 % of its
-core measured the simulator, not the client, and is reported as invalid.
+``websockets`` + orjson client (the floor), the kairos pipeline and the other libraries
+(``bench/libraries.py``), interleaved over several rounds; then latency from the simulator's send
+to the subscriber at a paced rate, for each of them. The simulator's CPU share is printed beside
+every figure; a run where it used more than 80 % of its core measured the simulator, not the
+client, and is reported as invalid.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from libraries import LIBRARIES, Library, LibraryUnavailable
+
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = "btcusdt,ethusdt,bnbusdt,solusdt,xrpusdt,adausdt,dogeusdt,dotusdt,ltcusdt,linkusdt"
 SIM_CORE, CLIENT_CORE = "0", "1"
 COUNT = 200_000
 ROUNDS = 5
+LIBRARY_ROUNDS = 3  # the other libraries are 3-30 times slower: fewer of their runs keep make bench short
 PACED_RATE = 5_000
 PACED_COUNT = 25_000
 SIM_BUSY_LIMIT = 0.80
@@ -59,6 +63,10 @@ class Run:
         return self.sim_share <= SIM_BUSY_LIMIT
 
 
+class ClientFailed(Exception):
+    """A client process that did not finish its run; its last line of stderr says why."""
+
+
 @contextmanager
 def simulator(*extra: str) -> Iterator[Simulator]:
     command = ["taskset", "-c", SIM_CORE, sys.executable, "-m", "kairos_core", "simulate", "--bench"]
@@ -77,23 +85,26 @@ def simulator(*extra: str) -> Iterator[Simulator]:
             process.terminate()
 
 
-def client_run(sim: Simulator, mode: str, count: int, *extra: str) -> Run:
+def ours(mode: str) -> list[str]:
+    """The command of one of our own clients (``bench/e2e_client.py``)."""
+    return [sys.executable, str(ROOT / "bench/e2e_client.py"), "--mode", mode]
+
+
+def client_run(sim: Simulator, client: list[str], count: int, *extra: str) -> Run:
     before = sim.cpu_seconds()
-    command = [
-        "taskset",
-        "-c",
-        CLIENT_CORE,
-        sys.executable,
-        str(ROOT / "bench/e2e_client.py"),
-        "--mode",
-        mode,
-    ]
+    command = ["taskset", "-c", CLIENT_CORE, *client]
     command += ["--port", str(sim.port), "--count", str(count), "--symbols", SYMBOLS, *extra]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT / "bench")
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ClientFailed(f"exit {done.returncode}: {last}")
     result = json.loads(done.stdout)
+    received = int(result["received"])
+    if not received:
+        raise ClientFailed(f"received no trade of {count:,}")
     return Run(
-        rate=count / result["wall_s"],
-        cpu_us=result["cpu_s"] / count * 1e6,
+        rate=received / result["wall_s"],
+        cpu_us=result["cpu_s"] / received * 1e6,
         sim_share=(sim.cpu_seconds() - before) / result["wall_s"],
         lost=int(result["lost"]),
     )
@@ -104,8 +115,10 @@ def raw_reader_run(sim: Simulator, count: int) -> Run:
     os.sched_setaffinity(0, {int(CLIENT_CORE)})
     before = sim.cpu_seconds()
     with socket.create_connection(("127.0.0.1", sim.port)) as connection:
+        streams = "/".join(f"{s}@aggTrade" for s in SYMBOLS.split(","))
         connection.sendall(
-            b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"GET /stream?streams={streams} HTTP/1.1\r\n".encode()
+            + b"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
         buffer = bytearray(1 << 20)
@@ -137,6 +150,9 @@ def percentile(ordered: list[float], fraction: float) -> float:
 
 def show(label: str, runs: list[Run], target: str = "") -> None:
     """One row; a client row whose simulator was busier than the limit is marked invalid."""
+    lost = sum(r.lost for r in runs)
+    if lost:
+        target += f"lost {lost:,} of {COUNT * len(runs):,}  "
     best = max(runs, key=lambda r: r.rate)
     median_rate = statistics.median(r.rate for r in runs)
     if best.cpu_us is None:  # the simulator-alone row: its CPU share is the point, not a fault
@@ -153,51 +169,91 @@ def main() -> None:
         "\nEnd to end: 10 symbols over ws:// on 127.0.0.1, "
         f"simulator on core {SIM_CORE}, client on core {CLIENT_CORE}"
     )
-    print(f"  {COUNT:,} frames per run, {ROUNDS} interleaved rounds; msgs/s best and median; CPU µs/msg best")
+    print(
+        f"  {COUNT:,} frames per run, {ROUNDS} interleaved rounds ({LIBRARY_ROUNDS} for other libraries); "
+        "msgs/s delivered, best and median; CPU µs per message delivered, best"
+    )
     print(f"  {'':40} {'best/s':>11} {'median/s':>11} {'CPU µs':>9} {'simulator CPU':>14}")
+    commands: dict[Library, list[str]] = {}
+    failed: dict[Library, str] = {}
+    for library in LIBRARIES:  # venvs made before anything is measured
+        try:
+            commands[library] = library.command()
+        except LibraryUnavailable as e:
+            failed[library] = f"not installed: {e}"
+    others: dict[Library, list[Run]] = {library: [] for library in LIBRARIES}
     with simulator("--count", str(COUNT)) as sim:
         alone = [raw_reader_run(sim, COUNT) for _ in range(ROUNDS)]
-        bare, aio, ours = [], [], []
-        for _ in range(ROUNDS):
-            bare.append(client_run(sim, "bare", COUNT))
-            aio.append(client_run(sim, "bare-aiohttp", COUNT))
-            ours.append(client_run(sim, "kairos", COUNT))
+        bare, aio, kairos = [], [], []
+        for round_number in range(ROUNDS):
+            bare.append(client_run(sim, ours("bare"), COUNT))
+            aio.append(client_run(sim, ours("bare-aiohttp"), COUNT))
+            kairos.append(client_run(sim, ours("kairos"), COUNT))
+            for library, runs in others.items():
+                if library not in failed and round_number < LIBRARY_ROUNDS:
+                    try:
+                        runs.append(client_run(sim, commands[library], COUNT))
+                    except ClientFailed as e:
+                        failed[library] = str(e)
     verdict = "PASS" if max(r.rate for r in alone) >= SIM_TARGET else "MISS"
     show("simulator alone -> raw socket reader", alone, f"≥ {SIM_TARGET:,}/s {verdict}")
     show("bare websockets + orjson (the floor)", bare)
     show("bare aiohttp + orjson (our transport)", aio)
-    show("kairos: feed -> bus -> counting subscriber", ours)
-    ratios = [k.cpu_us / b.cpu_us for k, b in zip(ours, bare, strict=True) if k.cpu_us and b.cpu_us]
+    show("kairos: feed -> bus -> counting subscriber", kairos)
+    for library, runs in others.items():
+        if library in failed:
+            print(f"  {library.label:<40} not measured: {failed[library]}")
+        else:
+            show(library.label, runs)
+    ahead(kairos, others, failed)
+    ratios = [k.cpu_us / b.cpu_us for k, b in zip(kairos, bare, strict=True) if k.cpu_us and b.cpu_us]
     ratio = statistics.median(ratios)
     print(
         f"  CPU per message, kairos / bare, median of rounds: {ratio:.2f} "
         f"(rounds {', '.join(f'{r:.2f}' for r in ratios)}); target ≤ {RATIO_TARGET} "
         f"{'PASS' if ratio <= RATIO_TARGET else 'MISS'}"
     )
-    print(f"  ticks lost by the counting subscriber: {sum(r.lost for r in ours)}")
+    print(f"  ticks lost by the counting subscriber: {sum(r.lost for r in kairos)}")
 
     print(f"\nLatency, simulator send -> subscriber, paced at {PACED_RATE:,} msgs/s ({PACED_COUNT:,} frames)")
-    for mode, label in (
-        ("bare", "bare websockets + orjson"),
-        ("kairos", "kairos: feed -> bus -> subscriber"),
-    ):
-        paced_latency(mode, label)
+    paced_latency(ours("bare"), "bare websockets + orjson")
+    paced_latency(ours("kairos"), "kairos: feed -> bus -> subscriber", target=True)
+    for library, command in commands.items():
+        if library not in failed:
+            paced_latency(command, library.label)
 
 
-def paced_latency(mode: str, label: str) -> None:
+def ahead(kairos: list[Run], others: dict[Library, list[Run]], failed: dict[Library, str]) -> None:
+    """The target: kairos ahead of every library measured, by median msgs/s and by best CPU µs."""
+    rate = statistics.median(r.rate for r in kairos)
+    cpu = min(r.cpu_us or 0 for r in kairos)
+    behind = [
+        library.label
+        for library, runs in others.items()
+        if library not in failed
+        and (statistics.median(r.rate for r in runs) >= rate or min(r.cpu_us or 0 for r in runs) <= cpu)
+    ]
+    unmeasured = f"; not measured: {', '.join(lib.label for lib in failed)}" if failed else ""
+    verdict = f"MISS (not ahead of {', '.join(behind)})" if behind else "PASS"
+    print(f"  kairos ahead of every library measured (median msgs/s, CPU µs/msg): {verdict}{unmeasured}")
+
+
+def paced_latency(client: list[str], label: str, *, target: bool = False) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         send_log, recv_log = Path(scratch, "sent.csv"), Path(scratch, "received.csv")
         paced = ("--count", str(PACED_COUNT), "--rate", str(PACED_RATE), "--send-log", str(send_log))
         with simulator(*paced) as sim:
-            run = client_run(sim, mode, PACED_COUNT, "--recv-log", str(recv_log))
+            try:
+                run = client_run(sim, client, PACED_COUNT, "--recv-log", str(recv_log))
+            except ClientFailed as e:
+                print(f"  {label:<36} not measured: {e}")
+                return
             time.sleep(0.5)  # the simulator writes its send log once the last frame is out
         delays, missing = latency_us(send_log, recv_log)
     p50, p99, p999 = (percentile(delays, f) for f in (0.5, 0.99, 0.999))
-    verdict = (
-        f"target p99 ≤ {P99_TARGET_US} µs {'PASS' if p99 <= P99_TARGET_US else 'MISS'}; "
-        if mode == "kairos"
-        else ""
-    )
+    verdict = ""
+    if target:
+        verdict = f"target p99 ≤ {P99_TARGET_US} µs {'PASS' if p99 <= P99_TARGET_US else 'MISS'}; "
     print(
         f"  {label:<36} p50 {p50:.0f} µs, p99 {p99:.0f} µs, p99.9 {p999:.0f} µs, max {delays[-1]:.0f} µs; "
         f"{verdict}simulator CPU {run.sim_share:.0%}; not received {missing}, lost {run.lost}"

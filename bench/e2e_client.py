@@ -3,7 +3,8 @@
 ``--mode kairos``: the real pipeline (BinanceFeedHandler -> BroadcastBus -> a counting subscriber).
 ``--mode bare``: the floor, a bare ``websockets`` client that only decodes each frame with orjson.
 ``--mode bare-aiohttp``: the same over aiohttp, the transport the pipeline uses.
-CPU and wall time run from the opening of the connection to the last frame.
+CPU and wall time run from the first frame (tick) to the last, as for the other libraries'
+clients (``bench/clients/common.py``): a connection's setup is not what is measured.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from websockets.asyncio.client import connect
 from kairos_core.adapters.inbound.feed_handler.binance import BinanceFeedHandler
 from kairos_core.application.bus import BroadcastBus, Subscription
 from kairos_core.bootstrap.logging import configure_logging
+from kairos_core.bootstrap.runtime import tune_garbage_collector
 from kairos_core.domain import Lagged
 from kairos_core.settings import LogFormat, LogLevel
 
@@ -39,15 +41,18 @@ class Clock:
 async def bare(url: str, count: int, recv_log: Path | None) -> dict[str, float]:
     """The floor; with ``recv_log``, each frame's arrival after its decode is written there."""
     clock = Clock()
-    clock.start()
     arrivals: list[tuple[str, int, int]] = []
     async with connect(url, compression=None, max_queue=None) as websocket:
         recv, loads = websocket.recv, orjson.loads
+        loads(first := await recv(decode=False))
+        clock.start()
         if recv_log is None:
-            for _ in range(count):
+            for _ in range(count - 1):
                 loads(await recv(decode=False))
         else:
-            for _ in range(count):
+            data = loads(first)["data"]
+            arrivals.append((data["s"], data["a"], time.time_ns()))
+            for _ in range(count - 1):
                 data = loads(await recv(decode=False))["data"]
                 arrivals.append((data["s"], data["a"], time.time_ns()))
         result = clock.stop()
@@ -63,13 +68,14 @@ async def write_arrivals(recv_log: Path | None, arrivals: list[tuple[str, int, i
 async def bare_aiohttp(url: str, count: int) -> dict[str, float]:
     """aiohttp's floor: what the pipeline's transport costs before any work of ours."""
     clock = Clock()
-    clock.start()
     async with (
         aiohttp.ClientSession() as http,
         http.ws_connect(url, autoclose=False, autoping=False, decode_text=False) as websocket,
     ):
         receive, loads = websocket.receive, orjson.loads
-        for _ in range(count):
+        loads((await receive()).data)
+        clock.start()
+        for _ in range(count - 1):
             loads((await receive()).data)
         result = clock.stop()
     return result | {"received": count, "lost": 0}
@@ -81,9 +87,9 @@ async def kairos(url: str, count: int, symbols: list[str], recv_log: Path | None
     subscription = bus.subscribe("counter")
     feed = BinanceFeedHandler(bus, symbols, url=url, rest_url=None)
     clock = Clock()
-    clock.start()
+    tune_garbage_collector()  # as the service does once started
     feed_task = asyncio.create_task(feed.start())
-    received, lost, arrivals = await count_ticks(subscription, count, recv_log is not None)
+    received, lost, arrivals = await count_ticks(subscription, count, clock, recv_log is not None)
     result = clock.stop()
     await feed.stop()
     await feed_task
@@ -92,9 +98,10 @@ async def kairos(url: str, count: int, symbols: list[str], recv_log: Path | None
 
 
 async def count_ticks(
-    subscription: Subscription, count: int, keep_arrivals: bool
+    subscription: Subscription, count: int, clock: Clock, keep_arrivals: bool
 ) -> tuple[int, int, list[tuple[str, int, int]]]:
-    """The counting subscriber: reads until ``count`` ticks arrived or were lost."""
+    """The counting subscriber: reads until ``count`` ticks arrived or were lost; starts ``clock``
+    at the first."""
     received = lost = 0
     arrivals: list[tuple[str, int, int]] = []
     while received + lost < count:
@@ -103,6 +110,8 @@ async def count_ticks(
         except Lagged as e:
             lost += e.missed
             continue
+        if not received:
+            clock.start()
         received += 1
         if keep_arrivals:
             arrivals.append((tick.symbol, tick.trade_id, time.time_ns()))

@@ -24,6 +24,7 @@ from kairos_core.bootstrap.database import DatabaseUnavailable, migrate_only
 from kairos_core.bootstrap.logging import configure_logging
 from kairos_core.bootstrap.observability import dashboard_log
 from kairos_core.bootstrap.roles import NatsUnavailable, assign_role
+from kairos_core.bootstrap.runtime import tune_garbage_collector
 from kairos_core.domain import ConfigurationError, FeedRefused
 from kairos_core.settings import Settings
 from kairos_core.simulator.serve import simulate
@@ -94,6 +95,7 @@ async def _serve(settings: Settings, run: dict[str, Any], *, dashboard_log: Path
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, service.request_stop, signal.Signals(signum).name)
+        tune_garbage_collector()
         await service.run()
     finally:
         await _resolved(container.shutdown_resources())
