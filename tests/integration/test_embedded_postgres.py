@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from structlog.testing import capture_logs
 
 from kairos_core.adapters.outbound.postgres.embedded import EmbeddedPostgres
-from kairos_core.adapters.outbound.postgres.embedded_process import package_dir
+from kairos_core.adapters.outbound.postgres.embedded_process import package_dir, useradd
 from kairos_core.domain import ConfigurationError
 
 AS_ROOT = os.geteuid() == 0
@@ -230,3 +230,13 @@ def test_a_shared_server_stops_with_its_last_user(workdir: Path) -> None:
 
     second.stop()
     assert gone(pid)
+
+
+def test_useradd_is_found_with_a_path_without_sbin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As root the server's system user is created with useradd, which lives in sbin: a root started
+    # with cron's, systemd's or a bare environment's PATH must still find it.
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert shutil.which("useradd") is None
+    found = Path(useradd())
+    assert found.name == "useradd"
+    assert os.access(found, os.X_OK)

@@ -103,8 +103,26 @@ def server_account() -> Account:
     return Account(uid=entry.pw_uid, gid=entry.pw_gid, name=SERVER_USER)
 
 
+# Where useradd lives; a root started with a short PATH (cron, systemd, a test's bare environment)
+# often lacks the sbin directories.
+_ADMIN_PATH = os.pathsep.join(("/usr/local/sbin", "/usr/sbin", "/sbin"))
+
+
+def useradd() -> str:
+    """The useradd program, from PATH or the sbin directories; its bare name if neither has it."""
+    found = shutil.which("useradd", path=os.pathsep.join((os.environ.get("PATH", ""), _ADMIN_PATH)))
+    return found or "useradd"
+
+
 def _create_system_user() -> None:
-    command = ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"]
+    command = [
+        useradd(),
+        "--system",
+        "--user-group",
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+    ]
     command += ["--shell", "/usr/sbin/nologin", SERVER_USER]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=30)
