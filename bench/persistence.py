@@ -53,6 +53,7 @@ from kairos_core.adapters.outbound.postgres.embedded import EmbeddedPostgres
 from kairos_core.application.bus import BroadcastBus
 from kairos_core.application.consumers.persistence import PersistenceConsumer
 from kairos_core.bootstrap.logging import configure_logging
+from kairos_core.bootstrap.runtime import tune_garbage_collector
 from kairos_core.domain import Exchange, MarketTick, Side, TickSource
 from kairos_core.settings import LogFormat, LogLevel
 
@@ -301,13 +302,14 @@ async def repository_run(
 ) -> None:
     engine = create_engine(url)
     repository = PostgresTickRepository(engine)
+    threshold = gc.get_threshold()
     try:
         # Stored ticks, on as many connections as the run uses: staging tables and statements, no new row.
         await asyncio.gather(*(repository.add_many(warm_up) for _ in range(in_flight)))
         async with engine.connect() as connection:
             backends = await service_backends((await connection.get_raw_connection()).driver_connection)
         gc.collect()
-        gc.freeze()  # the prebuilt ticks are not garbage: keep collections from walking them
+        tune_garbage_collector()  # as the service does once started; it freezes the prebuilt ticks too
         server_before = backends_cpu(backends)
         busy_before = machine_busy_seconds()
         cpu_before, started = time.process_time(), time.perf_counter()
@@ -318,6 +320,7 @@ async def repository_run(
         busy = machine_busy_seconds() - busy_before
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
         await engine.dispose()
     offered = sum(map(len, batches))
     rate = offered / elapsed
@@ -430,6 +433,7 @@ async def pipeline_client(port: int, count: int, url: str) -> dict[str, Any]:
     persisting = bus.subscribe(consumer.name, lossless=consumer.lossless)
     first = bus.subscribe("first-tick")  # stamps the first arrival, then leaves the bus
     feed = BinanceFeedHandler(bus, STREAM_SYMBOLS, url=f"ws://127.0.0.1:{port}/stream", rest_url=None)
+    tune_garbage_collector()  # as the service does once started
     writer = asyncio.create_task(consumer.run(persisting))
     feed_task = asyncio.create_task(feed.start())
     await first.recv()

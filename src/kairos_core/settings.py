@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     migrate: bool = True
     """Upgrade the database schema to the newest revision on start."""
     persist_batch_size: int = Field(default=1_000, ge=1, le=100_000)
+    persist_batch_size_max: int = Field(default=5_000, ge=1, le=100_000)
+    """Ticks one write may take when more wait: a backlog drains in fewer, cheaper transactions."""
     persist_flush_interval: float = Field(default=0.1, gt=0, le=60)
     """Seconds a received tick may wait for its batch to fill before it is written anyway."""
     persist_buffer_limit: int = Field(default=1_000_000, ge=1)
@@ -489,6 +491,7 @@ class DatabaseSettings(_Concern):
     data_dir: Path
     migrate: bool
     batch_size: int = Field(validation_alias="persist_batch_size")
+    batch_size_max: int = Field(validation_alias="persist_batch_size_max")
     flush_interval: float = Field(validation_alias="persist_flush_interval")
     buffer_limit: int = Field(validation_alias="persist_buffer_limit")
 

@@ -229,6 +229,7 @@ async def test_the_pipeline_runs_on_an_in_memory_repository_and_a_scripted_feed(
         strategy_slow_window=4,
         risk_max_order_notional=Decimal(10),  # 0.001 ETH is 3 USDT, 0.001 BTC is 60: refused
         persist_batch_size=8,
+        persist_batch_size_max=8,  # else the scripted feed's ticks, all there at once, make one write
     )
     container = Container(settings=settings, max_ticks=len(ticks))
     repository = InMemoryTickRepository()

@@ -35,6 +35,7 @@ def fast(**overrides: float) -> PersistencePolicy:
     values.update(overrides)
     return PersistencePolicy(
         batch_size=int(values["batch_size"]),
+        batch_size_max=int(values.get("batch_size_max", values["batch_size"])),
         flush_interval=values["flush_interval"],
         buffer_limit=int(values["buffer_limit"]),
         retry_initial=values["retry_initial"],
@@ -293,6 +294,28 @@ async def test_the_next_batch_is_handed_over_while_one_is_being_written() -> Non
     assert repository.attempts == [0, 10, 20, 30]
     assert repository.most_in_flight == 2
     assert stored_ids(repository) == list(range(40))
+
+
+async def test_a_backlog_goes_in_larger_batches_up_to_the_bound() -> None:
+    # The database holds the first batch up while 95 more ticks arrive: they go in batches of up to
+    # 30 (the bound) instead of 10, in order; a part batch later still goes alone.
+    repository = GatedTickRepository()
+    consumer = PersistenceConsumer(repository, fast(batch_size_max=30))
+    bus = BroadcastBus()
+    task = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
+    await feed(bus, ticks(10))
+    await until(lambda: repository.attempts == [0])
+    await feed(bus, ticks(95, start=10))
+    await until(lambda: repository.attempts == [0, 10])  # the second slot took 30 at once
+    repository.let_through(0, 10, 40, 70, 100)
+    await until(lambda: consumer.buffered == 0)
+    await feed(bus, ticks(3, start=105))
+    repository.let_through(105)
+    bus.close()
+    await asyncio.wait_for(task, GUARD)
+    assert repository.attempts == [0, 10, 40, 70, 100, 105]
+    assert repository.calls == [10, 30, 30, 30, 5, 3]
+    assert stored_ids(repository) == list(range(108))
 
 
 async def test_a_batch_stored_first_leaves_the_buffer_after_the_one_before_it() -> None:

@@ -59,6 +59,7 @@ CONTRACT = [
     ),
     ("--data-dir", "KAIROS_DATA_DIR", "data_dir", "/srv/kairos", Path("/srv/kairos")),
     ("--persist-batch-size", "KAIROS_PERSIST_BATCH_SIZE", "persist_batch_size", "250", 250),
+    ("--persist-batch-size-max", "KAIROS_PERSIST_BATCH_SIZE_MAX", "persist_batch_size_max", "2500", 2500),
     ("--persist-flush-interval", "KAIROS_PERSIST_FLUSH_INTERVAL", "persist_flush_interval", "0.5", 0.5),
     ("--persist-buffer-limit", "KAIROS_PERSIST_BUFFER_LIMIT", "persist_buffer_limit", "5000", 5000),
     ("--nats-url", "KAIROS_NATS_URL", "nats_url", "nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),

@@ -212,7 +212,14 @@ def _run_options() -> OneLineParser:
         "--persist-batch-size",
         type=_positive_int,
         metavar="N",
-        help="ticks per database write [KAIROS_PERSIST_BATCH_SIZE; default 1000]",
+        help="ticks waiting that make a database write [KAIROS_PERSIST_BATCH_SIZE; default 1000]",
+    )
+    add(
+        "--persist-batch-size-max",
+        type=_positive_int,
+        metavar="N",
+        help="ticks one write may take when more wait: a backlog drains in fewer, cheaper transactions "
+        "[KAIROS_PERSIST_BATCH_SIZE_MAX; default 5000; never below --persist-batch-size]",
     )
     add(
         "--persist-flush-interval",

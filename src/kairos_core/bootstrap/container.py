@@ -207,6 +207,7 @@ class Container(containers.DeclarativeContainer):
     persistence_policy = providers.Singleton(
         PersistencePolicy,
         batch_size=settings.provided.persist_batch_size,
+        batch_size_max=settings.provided.persist_batch_size_max,
         flush_interval=settings.provided.persist_flush_interval,
         buffer_limit=settings.provided.persist_buffer_limit,
     )

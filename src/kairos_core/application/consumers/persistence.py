@@ -1,17 +1,18 @@
 """The persistence consumer: every tick on the bus into a ``TickRepository``, none dropped.
 
-Receiving and writing are apart so a slow or absent database never slows the bus: the receive
-loop only appends to the consumer's own buffer, and a writer stores it in batches (by size or
-age). Two batches are in flight at a time, so the repository can build and copy the next while
-the one before commits; a repository that keeps such calls in order (``PostgresTickRepository``
-does: a call fails if the one before it failed) never stores a later batch before an earlier
-one, so the highest stored id of a symbol stays a safe place to resume from. A batch leaves the
-buffer only once it and every batch before it are stored. A failed batch is retried with capped
-backoff (one batch at a time: the one after waits for it) while the buffer grows; at its bound
-the receive loop stops reading, the subscription's queue fills and the bus holds the feeds back,
-so a long outage pauses the exchange connections instead of dropping ticks. The repository is
-idempotent, so a batch that committed but whose reply was lost is simply stored again as
-duplicates.
+Receiving and writing are apart so a slow or absent database never slows the bus: the receive loop
+only appends to the consumer's own buffer, and a writer stores it in batches (by size or age; a
+batch takes every tick waiting, up to a larger bound, so a backlog drains in fewer, cheaper
+transactions). Two batches are in flight at a time, so the repository can build and copy the next
+while the one before commits; a repository that keeps such calls in order
+(``PostgresTickRepository`` does: a call fails if the one before it failed) never stores a later
+batch before an earlier one, so the highest stored id of a symbol stays a safe place to resume from.
+A batch leaves the buffer only once it and every batch before it are stored. A failed batch is
+retried with capped backoff (one batch at a time: the one after waits for it) while the buffer
+grows; at its bound the receive loop stops reading, the subscription's queue fills and the bus holds
+the feeds back, so a long outage pauses the exchange connections instead of dropping ticks. The
+repository is idempotent, so a batch that committed but whose reply was lost is simply stored again
+as duplicates.
 
 The buffer belongs to this object, not to ``run``: a restarted loop goes on with what is left.
 """
@@ -41,6 +42,11 @@ FILL_ALARMS = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PersistencePolicy:
     batch_size: int = 1_000
+    """Ticks waiting that make a batch: it is written then, or after ``flush_interval``."""
+    batch_size_max: int = 5_000
+    """Ticks one batch may take when more are waiting (a burst, the end of an outage, a feed faster
+    than the database): fewer, larger transactions cost the database less per tick, so a backlog
+    drains faster (docs/performance.md). Never below ``batch_size``."""
     flush_interval: float = 0.1
     """Seconds a tick may wait for its batch to fill before it is written anyway."""
     buffer_limit: int = 1_000_000
@@ -187,6 +193,7 @@ class PersistenceConsumer:
         slots = asyncio.Semaphore(policy.writes_in_flight)
         writes: set[asyncio.Task[None]] = set()
         last: asyncio.Task[None] | None = None
+        most = max(policy.batch_size, policy.batch_size_max)
         try:
             while True:
                 waiting = len(buffer) - self._in_flight
@@ -200,7 +207,7 @@ class PersistenceConsumer:
                         continue
                     break
                 await slots.acquire()
-                batch = list(islice(buffer, self._in_flight, self._in_flight + policy.batch_size))
+                batch = list(islice(buffer, self._in_flight, self._in_flight + most))
                 self._in_flight += len(batch)
                 self._ready_at = self._in_flight + policy.batch_size
                 last = asyncio.create_task(self._write(batch, last, slots), name=f"{self.name}:batch")
