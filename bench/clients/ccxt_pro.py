@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from typing import Any
 
 import ccxt.pro as ccxtpro
 
-from clients.common import Tally, options
+from clients.common import Tally, options, watch_for_stall
 
 _QUOTES = ("fdusd", "usdt", "usdc", "busd", "tusd", "btc", "eth", "bnb", "eur", "try")
-_STALL_S = 5.0
 
 
 def _market(exchange: Any, symbol: str) -> dict[str, Any]:
@@ -76,18 +74,6 @@ async def _consume(exchange: Any, symbols: list[str], tally: Tally) -> None:
                 return
 
 
-async def _watchdog(tally: Tally, consumer: asyncio.Task[None]) -> None:
-    """``tally.stalled()`` once no trade has come for 5 s; then stop the consumer."""
-    seen, since = -1, time.monotonic()
-    while not tally.done:
-        await asyncio.sleep(0.25)
-        if tally.received != seen:
-            seen, since = tally.received, time.monotonic()
-        elif time.monotonic() - since >= _STALL_S:
-            tally.stalled()
-            consumer.cancel()
-
-
 async def _main() -> None:
     opts = options()
     tally = Tally(opts.count, keep_arrivals=opts.recv_log is not None)
@@ -97,7 +83,7 @@ async def _main() -> None:
     symbols = [m["symbol"] for m in markets]
     try:
         consumer = asyncio.create_task(_consume(exchange, symbols, tally))
-        watchdog = asyncio.create_task(_watchdog(tally, consumer))
+        watchdog = asyncio.create_task(watch_for_stall(tally, consumer.cancel))
         try:
             await consumer
         except asyncio.CancelledError:

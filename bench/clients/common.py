@@ -13,6 +13,7 @@ subscribe (a pause per request, a timeout they sit out), which says nothing of t
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -92,3 +93,20 @@ class Tally:
             recv_log.write_text("".join(f"{s},{i},{ns}\n" for s, i, ns in self._arrivals))
         result = {"cpu_s": self._cpu_s, "wall_s": self._wall_s, "received": self.received, "lost": self.lost}
         json.dump(result, sys.stdout)
+
+
+STALL_SECONDS = 5.0
+
+
+async def watch_for_stall(tally: Tally, on_stall: Callable[[], object] = lambda: None) -> None:
+    """Until the tally is done: once no trade has come for ``STALL_SECONDS``, ``tally.stalled()``
+    and ``on_stall()`` (e.g. cancel the task that waits on the library)."""
+    loop = asyncio.get_running_loop()
+    seen, since = tally.received, loop.time()
+    while not tally.done:
+        await asyncio.sleep(0.25)
+        if tally.received != seen:
+            seen, since = tally.received, loop.time()
+        elif loop.time() - since >= STALL_SECONDS:
+            tally.stalled()
+            on_stall()

@@ -41,10 +41,9 @@ from cryptofeed.exchanges import Binance
 from cryptofeed.symbols import Symbol, Symbols
 from cryptofeed.types import Trade
 
-from clients.common import Tally, options
+from clients.common import Tally, options, watch_for_stall
 
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB")
-_STALL_S = 5.0
 
 
 def seed_symbols(symbols: list[str]) -> list[str]:
@@ -62,16 +61,6 @@ def main() -> None:
     tally = Tally(opts.count, keep_arrivals=opts.recv_log is not None)
     std_symbols = seed_symbols(opts.symbols)
 
-    async def watch_stall() -> None:
-        loop = asyncio.get_running_loop()
-        seen, since = tally.received, loop.time()
-        while not tally.done:
-            await asyncio.sleep(0.25)
-            if tally.received != seen:
-                seen, since = tally.received, loop.time()
-            elif loop.time() - since >= _STALL_S:
-                tally.stalled()
-
     class LocalBinance(Binance):
         websocket_endpoints: ClassVar[list[WebsocketEndpoint]] = [
             WebsocketEndpoint(f"wss://127.0.0.1:{opts.port}")
@@ -83,7 +72,7 @@ def main() -> None:
 
         async def _pre_connect(self) -> None:
             await super()._pre_connect()
-            self._bench_watchdog = asyncio.get_running_loop().create_task(watch_stall())
+            self._bench_watchdog = asyncio.get_running_loop().create_task(watch_for_stall(tally))
 
     async def on_trade(trade: Trade, receipt_timestamp: float) -> None:
         tally.record(trade.symbol.replace("-", ""), int(trade.id))
