@@ -26,7 +26,7 @@ import msgspec
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from kairos_core.simulator.binance import _RandomWalk
+from kairos_core.simulator.binance_walk import RandomWalk, data_of
 from kairos_core.simulator.subscriptions import Subscriptions
 
 log = structlog.get_logger(__name__)
@@ -43,10 +43,6 @@ class _Frame(msgspec.Struct):
 
 class _Data(msgspec.Struct):
     a: int
-
-
-class _RawFrame(msgspec.Struct):
-    data: msgspec.Raw
 
 
 class _Framings:
@@ -83,15 +79,15 @@ class BenchmarkServer:
         id_base: int = 1,
     ) -> None:
         self._symbols = [s.lower() for s in symbols]
-        walk = _RandomWalk(self._symbols, seed, id_base).frames()
-        decode, decode_raw = msgspec.json.Decoder(_Frame).decode, msgspec.json.Decoder(_RawFrame).decode
+        walk = RandomWalk(self._symbols, seed, id_base).frames()
+        decode = msgspec.json.Decoder(_Frame).decode
         self._keys: list[tuple[str, int]] = []
         combined: list[bytes] = []
         for _, (symbol, payload) in zip(range(count), walk, strict=False):
             self._keys.append((symbol.upper(), decode(payload).data.a))
             combined.append(payload)
         self._combined = _Framings(combined)
-        self._raw = _Framings([bytes(decode_raw(p).data) for p in combined])
+        self._raw = _Framings([data_of(p) for p in combined])
         self.rate = rate
         self._send_log = send_log
         self._server: Server | None = None
