@@ -230,8 +230,13 @@ def test_readiness_turns_false_while_the_exchange_is_gone_and_true_when_it_is_ba
     programs.simulator(sim_port, "--rate", "100")
     until(ready, 40, "ready again", service)
     reasons = by_label(scrape(metrics_port), "kairos_reconnects_total", "reason")
-    assert reasons["dropped"] >= 1
-    assert reasons["connect"] >= 1
+    # Seen once (2026-11-26, CI, not reproduced in 8 runs): no "dropped" among the reasons. The
+    # message carries the reasons and the service's reconnect lines to tell why, should it recur.
+    ends = [
+        line for line in (programs.workdir / "service.log").read_text().splitlines() if "reconnect" in line
+    ]
+    assert reasons.get("dropped", 0) >= 1, (reasons, ends[:5])
+    assert reasons.get("connect", 0) >= 1, (reasons, ends[:5])
 
     service.send_signal(signal.SIGTERM)
     assert service.wait(30) == 0
