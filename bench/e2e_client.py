@@ -1,6 +1,7 @@
 """One benchmark client process: reads ``--count`` frames from a simulator and reports as JSON.
 
-``--mode kairos``: the real pipeline (BinanceFeedHandler -> BroadcastBus -> a counting subscriber).
+``--mode kairos``: the real pipeline (BinanceFeedHandler -> BroadcastBus -> a counting subscriber),
+on the event loop the service would run (``--busy-poll-us`` as the service's).
 ``--mode bare``: the floor, a bare ``websockets`` client that only decodes each frame with orjson.
 ``--mode bare-aiohttp``: the same over aiohttp, the transport the pipeline uses.
 CPU and wall time run from the first frame (tick) to the last, as for the other libraries'
@@ -14,6 +15,7 @@ import asyncio
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -22,6 +24,7 @@ from websockets.asyncio.client import connect
 
 from kairos_core.adapters.inbound.feed_handler.binance import BinanceFeedHandler
 from kairos_core.application.bus import BroadcastBus, Subscription
+from kairos_core.bootstrap.event_loop import new_event_loop
 from kairos_core.bootstrap.logging import configure_logging
 from kairos_core.bootstrap.runtime import tune_garbage_collector
 from kairos_core.domain import Lagged
@@ -125,6 +128,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--symbols", required=True)
     parser.add_argument("--recv-log", type=Path)
+    parser.add_argument("--busy-poll-us", type=int, default=0, help="kairos: the service's --busy-poll-us")
     args = parser.parse_args()
     configure_logging(LogFormat.JSON, LogLevel.WARNING, stream=sys.stderr)  # stdout carries the result
     symbols = args.symbols.split(",")
@@ -135,7 +139,8 @@ def main() -> None:
         result = asyncio.run(bare_aiohttp(url, args.count))
     else:
         base = f"ws://127.0.0.1:{args.port}/stream"
-        result = asyncio.run(kairos(base, args.count, symbols, args.recv_log))
+        with asyncio.Runner(loop_factory=partial(new_event_loop, args.busy_poll_us)) as runner:
+            result = runner.run(kairos(base, args.count, symbols, args.recv_log))
     json.dump(result, sys.stdout)
 
 

@@ -11,6 +11,7 @@ import inspect
 import signal
 import sys
 from collections.abc import Awaitable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from kairos_core.bootstrap.cli import parse_arguments, setting_flags
 from kairos_core.bootstrap.config_report import render_config
 from kairos_core.bootstrap.container import Container, warn_about_settings_not_in_effect
 from kairos_core.bootstrap.database import DatabaseUnavailable, migrate_only
+from kairos_core.bootstrap.event_loop import new_event_loop
 from kairos_core.bootstrap.logging import configure_logging
 from kairos_core.bootstrap.observability import dashboard_log
 from kairos_core.bootstrap.roles import NatsUnavailable, assign_role
@@ -63,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         elif command == "config":
             print(render_config(settings), end="")
         else:
-            asyncio.run(_serve(settings, run, dashboard_log=log_file))
+            loop_factory = partial(new_event_loop, settings.runtime.busy_poll_us)
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(_serve(settings, run, dashboard_log=log_file))
     except ConfigurationError as e:
         return _fail(EXIT_CONFIG, str(e))
     except FeedRefused as e:

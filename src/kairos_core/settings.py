@@ -210,6 +210,13 @@ class Settings(BaseSettings):
     )
     metrics_stale_after_symbols: CommaList = ()
     """Symbols' own thresholds: ``[exchange:]SYMBOL=SECONDS`` entries (``BTCUSDT=30,ETHUSDT=600``)."""
+    busy_poll_us: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="microseconds the event loop polls its sockets before it sleeps: lower latency "
+        "for a core kept busy while trades come (0: it sleeps at once)",
+    )
     log_format: LogFormat | None = None
     """None: console on a terminal, JSON otherwise."""
     log_level: LogLevel = LogLevel.INFO
@@ -254,6 +261,10 @@ class Settings(BaseSettings):
     @property
     def logging(self) -> LoggingSettings:
         return LoggingSettings.of(self)
+
+    @property
+    def runtime(self) -> RuntimeSettings:
+        return RuntimeSettings.of(self)
 
     @model_validator(mode="after")
     def _symbols_name_their_exchange(self) -> Settings:
@@ -576,6 +587,10 @@ class LoggingSettings(_Concern):
     level: LogLevel = Field(validation_alias="log_level")
 
 
+class RuntimeSettings(_Concern):
+    busy_poll_us: int
+
+
 CONCERNS: dict[str, type[_Concern]] = {
     "feeds": FeedSettings,
     "database": DatabaseSettings,
@@ -585,5 +600,6 @@ CONCERNS: dict[str, type[_Concern]] = {
     "metrics": MetricsSettings,
     "nats": NatsSettings,
     "logging": LoggingSettings,
+    "runtime": RuntimeSettings,
 }
 """Every concern's model, in the order ``python -m kairos_core config`` prints them."""

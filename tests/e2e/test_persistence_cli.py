@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import Kairos, json_lines
 from tests.sql import STORED_PER_SYMBOL, fetch
 
@@ -17,12 +19,17 @@ def stream_options(port: int) -> list[str]:
     ]
 
 
+# The whole service (feeds, bus, asyncpg, the flush at the end) on either event loop.
+@pytest.mark.parametrize("busy_poll_us", [0, 2_000], ids=["sleeping-loop", "busy-polling-loop"])
 def test_max_ticks_stores_exactly_n_rows_with_contiguous_ids(
-    simulator_port: int, kairos: Kairos, database_url: str
+    simulator_port: int, kairos: Kairos, database_url: str, busy_poll_us: int
 ) -> None:
     fetch(database_url, "TRUNCATE market_ticks")
-    result = kairos(*stream_options(simulator_port), "--max-ticks", "300", "--persist-batch-size", "64")
+    options = ["--max-ticks", "300", "--persist-batch-size", "64", "--busy-poll-us", str(busy_poll_us)]
+    result = kairos(*stream_options(simulator_port), *options)
     assert result.returncode == 0, result.stderr
+    polling = [e for e in json_lines(result.stderr) if e["event"] == "event_loop.busy_poll"]
+    assert [e["window_us"] for e in polling] == ([busy_poll_us] if busy_poll_us else [])
     per_symbol = fetch(database_url, STORED_PER_SYMBOL)
     assert sum(row["rows"] for row in per_symbol) == 300
     for row in per_symbol:

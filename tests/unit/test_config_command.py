@@ -71,12 +71,14 @@ NATS = [
     ("--nats-max-ack-pending", "KAIROS_NATS_MAX_ACK_PENDING", "nats_max_ack_pending", "5000", 5000),
     ("--nats-publish-window", "KAIROS_NATS_PUBLISH_WINDOW", "nats_publish_window", "2000", 2000),
 ]
+# Generated from RuntimeSettings alike.
+RUNTIME = [("--busy-poll-us", "KAIROS_BUSY_POLL_US", "busy_poll_us", "2000", 2000)]
 
 PASSWORD = "hunter2"
 DATABASE_URL = f"postgresql://kairos:{PASSWORD}@db:5433/kairos"
 SHOWN_DATABASE_URL = "postgresql://kairos:***@db:5433/kairos"
 
-EVERY_NAME = CONTRACT + TRADING + NATS
+EVERY_NAME = CONTRACT + TRADING + NATS + RUNTIME
 """Every printed name but ``migrate`` (its flag, --no-migrate, takes no value)."""
 
 
@@ -127,7 +129,7 @@ def test_the_tables_hold_every_printed_name_and_the_trading_flags_are_generated(
     assert printed == set(Settings.model_fields) - {"config"}
     trading = [name for model in (BusSettings, StrategySettings, RiskSettings) for name in model.flat_names()]
     assert [field for _, _, field, _, _ in TRADING] == trading
-    for flag, env, field, _, _ in TRADING + NATS:
+    for flag, env, field, _, _ in TRADING + NATS + RUNTIME:
         assert setting_flags()[field] == flag
         assert env == f"KAIROS_{field.upper()}"
 

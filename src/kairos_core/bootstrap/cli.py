@@ -19,6 +19,7 @@ from kairos_core.settings import (
     LogLevel,
     NatsSettings,
     RiskSettings,
+    RuntimeSettings,
     Settings,
     StrategySettings,
     _Concern,
@@ -287,6 +288,7 @@ def _run_options() -> OneLineParser:
     add("--max-ticks", type=_positive_int, metavar="N", help="stop cleanly after exactly N ticks received")
     _add_setting_options(options, "bus, strategy and risk", (BusSettings, StrategySettings, RiskSettings))
     _add_setting_options(options, "NATS JetStream (ingest and persist)", (NatsSettings,), skip={"nats_url"})
+    _add_setting_options(options, "runtime", (RuntimeSettings,))
     return options
 
 
