@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from host_speed import host_speed
 from libraries import LIBRARIES, Library, LibraryUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,6 +175,7 @@ def main() -> None:
         f"  {COUNT:,} frames per run, {ROUNDS} interleaved rounds ({LIBRARY_ROUNDS} for other libraries); "
         "msgs/s delivered, best and median; CPU µs per message delivered, best"
     )
+    print(f"  {host_speed()}")
     print(f"  {'':40} {'best/s':>11} {'median/s':>11} {'CPU µs':>9} {'simulator CPU':>14}")
     commands: dict[Library, list[str]] = {}
     failed: dict[Library, str] = {}
@@ -217,6 +219,7 @@ def main() -> None:
     print(f"  ticks lost by the counting subscriber: {sum(r.lost for r in kairos)}")
 
     print(f"\nLatency, simulator send -> subscriber, paced at {PACED_RATE:,} msgs/s ({PACED_COUNT:,} frames)")
+    print(f"  {host_speed()}")
     paced_latency(ours("bare"), "bare websockets + orjson")
     paced_latency(ours("kairos"), "kairos: feed -> bus -> subscriber", target=True)
     paced_latency(

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e import CLIENT_CORE, SIM_CORE, SYMBOLS, Simulator, simulator
+from host_speed import host_speed
 from kairos_core.adapters.inbound.feed_handler.binance import BinanceFeedHandler
 from kairos_core.adapters.outbound.postgres import (
     PostgresTickRepository,
@@ -514,6 +515,7 @@ def main() -> None:
         copies: list[str] = []
         try:
             print(f"\nPersistence: PostgreSQL at {where}, database {name} and copies of it (dropped after)")
+            print(f"  {host_speed()}")
             asyncio.run(repository_part(server_url, name, Stream(), copies))
             pipeline_run(database_on(server_url, copies[-1]))
         finally:
