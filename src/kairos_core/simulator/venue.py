@@ -34,7 +34,15 @@ _CLOSES = {
 
 
 class Pacer:
-    """Spaces events ``rate`` a second from its creation; one that falls behind goes at once."""
+    """Spaces events ``rate`` a second from its creation; one that falls behind goes at once.
+
+    Going at once still yields to the event loop every ``YIELD_EVERY`` events: a producer that
+    never catches up (a slow machine, a rate above what one core can make) must not starve the
+    rest of its loop. An outage test's timers once never fired that way, and the simulator streamed
+    on for as long as CI let it.
+    """
+
+    YIELD_EVERY = 64
 
     def __init__(self, rate: float) -> None:
         self._rate = rate
@@ -48,6 +56,8 @@ class Pacer:
         delay = self._started + self.count / self._rate - self._loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
+        elif not self.count % self.YIELD_EVERY:
+            await asyncio.sleep(0)
         self.count += 1
 
 
