@@ -9,7 +9,8 @@ that slept 76-109 µs later at the median and 290-330 µs at p99; one that never
 gone cold meanwhile, are most of the feed's latency at a few thousand trades a second; parsing and
 publishing a frame take under 10 µs of it. Polling buys it back with CPU: while trades keep
 coming within the window the loop never sleeps (a core busy all the time); once they stop it polls
-for the window, then sleeps as before. Off by default: it is for a deployment that gives the service a core of its own.
+for the window, then sleeps as before. Off by default: it is for a deployment that gives the
+service a core of its own.
 """
 
 from __future__ import annotations
