@@ -16,11 +16,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from kairos_core.adapters.outbound.postgres.engine import normalised_url
+from kairos_core.adapters.outbound.postgres.migrations import MIGRATION_LOCK_KEY
 from kairos_core.adapters.outbound.postgres.tables import metadata
 from kairos_core.domain import ConfigurationError
-
-# Any fixed bigint shared by every kairos-core process; this one spells "kairos" in ASCII.
-MIGRATION_LOCK_KEY = 0x6B6169726F73
 
 config = context.config
 

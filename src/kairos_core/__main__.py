@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import signal
 import sys
 from collections.abc import Awaitable
 from functools import partial
@@ -27,6 +26,7 @@ from kairos_core.bootstrap.logging import configure_logging
 from kairos_core.bootstrap.observability import dashboard_log
 from kairos_core.bootstrap.roles import NatsUnavailable, assign_role
 from kairos_core.bootstrap.runtime import tune_garbage_collector
+from kairos_core.bootstrap.stop_signals import StopSignals
 from kairos_core.domain import ConfigurationError, FeedRefused
 from kairos_core.settings import Settings
 from kairos_core.simulator.serve import simulate
@@ -92,13 +92,13 @@ async def _serve(settings: Settings, run: dict[str, Any], *, dashboard_log: Path
         dashboard_log=dashboard_log,
     )
     assign_role(container, run.get("command"))  # ingest, persist, or publishing too with --nats-url
+    stop_signals = StopSignals()
+    stop_signals.install(asyncio.get_running_loop())
     try:
         service = await _resolved(container.service())
         await _resolved(container.metrics())
         await _resolved(container.dashboard())
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, service.request_stop, signal.Signals(signum).name)
+        stop_signals.route_to(service.request_stop)
         tune_garbage_collector()
         await service.run()
     finally:

@@ -129,6 +129,9 @@ class ScaleOutRun:
         note(f"ingest-0 killed with SIGKILL at {await stored_rows(self.database_url)} rows stored")
         await asyncio.sleep(1.0)  # the market goes on without it
         await self.ingest[0].start()
+        # Its trades may all be stored before it is up (the simulator done, its backlog in NATS),
+        # and the stop at the end is for a service that runs, not one still starting.
+        await _wait_logged(self.ingest[0], "service.started", times=2)
         note("ingest-0 started again: resumes from the stream, repairs the rest from REST")
         await self._wait_stored(self.trades, timeout=max(60.0, 3 * self.trades / self.rate))
         note("every planned trade stored; stopping")
@@ -153,9 +156,10 @@ class ScaleOutRun:
             await program.kill()
 
 
-async def _wait_logged(program: Program, event: str, timeout: float = 30.0) -> None:
+async def _wait_logged(program: Program, event: str, times: int = 1, timeout: float = 30.0) -> None:
+    """Until ``program``'s log (which a restart appends to) holds ``event`` ``times`` times."""
     deadline = time.monotonic() + timeout
-    while not any(e.get("event") == event for e in program.events()):
+    while sum(e.get("event") == event for e in program.events()) < times:
         assert program.running, f"{program.name} exited (see {program.log})"
         assert time.monotonic() < deadline, f"{program.name} logged no {event} within {timeout} s"
         await asyncio.sleep(0.05)

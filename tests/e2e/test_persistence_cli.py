@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from kairos_core.adapters.outbound.postgres.migrations import MIGRATION_LOCK_KEY
 from tests.e2e.conftest import Kairos, json_lines
-from tests.sql import STORED_PER_SYMBOL, fetch
+from tests.sql import STORED_PER_SYMBOL, asyncpg_dsn, fetch, fetch_async
 
 
 def stream_options(port: int) -> list[str]:
@@ -82,3 +87,48 @@ def test_a_refused_login_exits_2_at_once_naming_the_fix(kairos: Kairos, postgres
     assert 'role "nosuchrole" does not exist' in last
     assert "fix the user, password or database name" in last
     assert "hunter2" not in result.stderr
+
+
+async def test_a_sigterm_during_startup_waits_for_the_service_then_stops_it_with_exit_0(
+    simulator_port: int, empty_database_url: str
+) -> None:
+    """Start-up is held in its migration (the test holds the migration lock) when SIGTERM comes."""
+    holder = await asyncpg.connect(**asyncpg_dsn(empty_database_url))
+    await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "kairos_core",
+        *stream_options(simulator_port),
+        env=Kairos(empty_database_url).env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    try:
+        await asyncio.wait_for(_lock_waiters(holder, 1), 30)
+        process.send_signal(signal.SIGTERM)
+        lines = [await asyncio.wait_for(process.stderr.readline(), 30)]
+        while b"service.stop_requested_during_startup" not in lines[-1]:
+            assert lines[-1], b"".join(lines).decode()
+            lines.append(await asyncio.wait_for(process.stderr.readline(), 30))
+        await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        lines.append(await asyncio.wait_for(process.stderr.read(), 30))
+        assert await asyncio.wait_for(process.wait(), 30) == 0, b"".join(lines).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await holder.close()
+    events = json_lines(b"".join(lines).decode())
+    held = [e["signal"] for e in events if e["event"] == "service.stop_requested_during_startup"]
+    assert held == ["SIGTERM"]
+    assert next(e for e in events if e["event"] == "service.stopped")["reason"] == "SIGTERM"
+    made = await fetch_async(empty_database_url, "SELECT to_regclass('market_ticks') IS NOT NULL AS made")
+    assert made[0]["made"], "start-up finished the migration it had begun"
+
+
+async def _lock_waiters(connection: asyncpg.Connection, count: int) -> None:
+    """Until ``count`` sessions wait for an advisory lock: the service is inside its migration."""
+    waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    while await connection.fetchval(waiting) < count:
+        await asyncio.sleep(0.05)

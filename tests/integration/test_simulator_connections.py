@@ -50,7 +50,11 @@ async def test_server_shutdown_comes_every_period_and_the_close_after_the_grace(
     notices = [at for at, frame in frames if isinstance(frame, ServerShutdown)]
     assert len(notices) == 1
     assert 0.35 < notices[0] - opened < 0.8
-    assert 0.25 < closed - notices[0] < 0.7, "closed after the grace"
+    # The client shares this loop with the simulator: a frame is stamped when it is read, which
+    # can be late by a backlog, so the grace is judged from the opening (notice at 0.4 s, close at
+    # 0.7 s, less the handshake), and the notice-to-close span only from above.
+    assert closed - opened > 0.6, "closed after the grace"
+    assert closed - notices[0] < 0.7
     after = [frame for at, frame in frames if at > notices[0]]
     assert len(after) > 20, "trades flow on until the close"
     assert all(isinstance(frame, MarketTick) for frame in after)

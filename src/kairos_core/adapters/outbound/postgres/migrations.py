@@ -18,6 +18,10 @@ _CHECKOUT = Path(__file__).resolve().parents[5] / "migrations"  # repo root, for
 # so two migrations at once in one process would share them: one at a time.
 _ONE_AT_A_TIME = threading.Lock()
 
+MIGRATION_LOCK_KEY = 0x6B6169726F73
+"""The session advisory lock every upgrade runs under (``migrations/env.py``): any fixed bigint
+shared by every kairos-core process; this one spells "kairos" in ASCII."""
+
 
 def migrations_directory() -> Path:
     """The alembic script directory: the wheel's copy, else the source checkout's."""
