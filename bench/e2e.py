@@ -10,6 +10,7 @@ client, and is reported as invalid.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -34,7 +35,7 @@ ROUNDS = 5
 LIBRARY_ROUNDS = 3  # the other libraries are 3-30 times slower: fewer of their runs keep make bench short
 PACED_RATE = 5_000
 PACED_COUNT = 25_000
-BUSY_POLL_US = 2_000  # longer than the paced simulator's 1 ms between writes: the loop never sleeps
+BUSY_POLL_US = 2_000  # ten times the paced simulator's 200 µs between frames: the loop never sleeps
 SIM_BUSY_LIMIT = 0.80
 RATIO_TARGET = 1.3
 P99_TARGET_US = 200
@@ -144,6 +145,15 @@ def latency_us(send_log: Path, recv_log: Path) -> tuple[list[float], int]:
         symbol, trade_id, arrived = line.split(",")
         delays.append((int(arrived) - sent[symbol, trade_id]) / 1000)
     return sorted(delays), len(sent) - len(delays)
+
+
+def spacing(send_log: Path) -> str:
+    """How evenly the simulator paced: the median gap between sends, and the share sent in a bunch
+    (under a quarter of the mean gap after the frame before: catching up after a late wake-up)."""
+    sent = sorted(int(line.rsplit(",", 1)[1]) for line in send_log.read_text().splitlines())
+    gaps = [(b - a) / 1000 for a, b in itertools.pairwise(sent)]
+    bunched = sum(gap < 250_000 / PACED_RATE for gap in gaps) / len(gaps)
+    return f"sent {statistics.median(gaps):.0f} µs apart (median), {bunched:.1%} bunched"
 
 
 def percentile(ordered: list[float], fraction: float) -> float:
@@ -259,6 +269,7 @@ def paced_latency(client: list[str], label: str, *, target: bool = False) -> Non
                 return
             time.sleep(0.5)  # the simulator writes its send log once the last frame is out
         delays, missing = latency_us(send_log, recv_log)
+        evenness = spacing(send_log)
     p50, p99, p999 = (percentile(delays, f) for f in (0.5, 0.99, 0.999))
     verdict = ""
     if target:
@@ -266,7 +277,7 @@ def paced_latency(client: list[str], label: str, *, target: bool = False) -> Non
     print(
         f"  {label:<36} p50 {p50:.0f} µs, p99 {p99:.0f} µs, p99.9 {p999:.0f} µs, max {delays[-1]:.0f} µs; "
         f"{verdict}client CPU {(run.cpu_us or 0) * run.rate / 1e6:.0%}, simulator CPU {run.sim_share:.0%}; "
-        f"not received {missing}, lost {run.lost}"
+        f"not received {missing}, lost {run.lost}; {evenness}"
     )
 
 

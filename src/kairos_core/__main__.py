@@ -29,6 +29,7 @@ from kairos_core.bootstrap.runtime import tune_garbage_collector
 from kairos_core.bootstrap.stop_signals import StopSignals
 from kairos_core.domain import ConfigurationError, FeedRefused
 from kairos_core.settings import Settings
+from kairos_core.simulator.fine_timers import new_fine_timer_loop
 from kairos_core.simulator.serve import simulate
 
 _T = TypeVar("_T")
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command = run.get("command")
         if command == "simulate":
-            asyncio.run(simulate(settings, run))
+            with asyncio.Runner(loop_factory=new_fine_timer_loop) as runner:
+                runner.run(simulate(settings, run))
         elif command == "migrate":
             asyncio.run(migrate_only(settings.database))
         elif command == "config":
