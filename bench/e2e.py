@@ -35,6 +35,7 @@ ROUNDS = 5
 LIBRARY_ROUNDS = 3  # the other libraries are 3-30 times slower: fewer of their runs keep make bench short
 PACED_RATE = 5_000
 PACED_COUNT = 25_000
+LATENCY_ROUNDS = 3  # the host stalls a vCPU for 4-6 ms at times: one run's p99 is partly luck
 BUSY_POLL_US = 2_000  # ten times the paced simulator's 200 µs between frames: the loop never sleeps
 SIM_BUSY_LIMIT = 0.80
 RATIO_TARGET = 1.3
@@ -228,18 +229,37 @@ def main() -> None:
     )
     print(f"  ticks lost by the counting subscriber: {sum(r.lost for r in kairos)}")
 
-    print(f"\nLatency, simulator send -> subscriber, paced at {PACED_RATE:,} msgs/s ({PACED_COUNT:,} frames)")
-    print(f"  {host_speed()}")
-    paced_latency(ours("bare"), "bare websockets + orjson")
-    paced_latency(ours("kairos"), "kairos: feed -> bus -> subscriber", target=True)
-    paced_latency(
-        [*ours("kairos"), "--busy-poll-us", str(BUSY_POLL_US)],
-        f"kairos, --busy-poll-us {BUSY_POLL_US}",
-        target=True,
+    print(
+        f"\nLatency, simulator send -> subscriber, paced at {PACED_RATE:,} msgs/s, one frame every "
+        f"{1e6 / PACED_RATE:.0f} µs ({PACED_COUNT:,} frames a run, {LATENCY_ROUNDS} interleaved rounds)"
     )
+    print(f"  {host_speed()}")
+    ours_paced = {
+        "bare websockets + orjson": ours("bare"),
+        "kairos: feed -> bus -> subscriber": ours("kairos"),
+        f"kairos, --busy-poll-us {BUSY_POLL_US}": [*ours("kairos"), "--busy-poll-us", str(BUSY_POLL_US)],
+    }
+    p99s: dict[str, list[float]] = {label: [] for label in ours_paced}
+    for _ in range(LATENCY_ROUNDS):
+        for label, command in ours_paced.items():
+            p99 = paced_latency(command, label)
+            if p99 is not None:
+                p99s[label].append(p99)
+    for label, measured in p99s.items():
+        median = statistics.median(measured) if measured else float("nan")
+        verdict = "" if label.startswith("bare") else f"; target ≤ {P99_TARGET_US} µs {_verdict(median)}"
+        print(f"  p99 of {label}, median of rounds: {median:.0f} µs ({_listed(measured)}){verdict}")
     for library, command in commands.items():
         if library not in failed:
             paced_latency(command, library.label)
+
+
+def _verdict(p99: float) -> str:
+    return "PASS" if p99 <= P99_TARGET_US else "MISS"
+
+
+def _listed(values: list[float]) -> str:
+    return ", ".join(f"{v:.0f}" for v in values) or "none measured"
 
 
 def ahead(kairos: list[Run], others: dict[Library, list[Run]], failed: dict[Library, str]) -> None:
@@ -257,7 +277,8 @@ def ahead(kairos: list[Run], others: dict[Library, list[Run]], failed: dict[Libr
     print(f"  kairos ahead of every library measured (median msgs/s, CPU µs/msg): {verdict}{unmeasured}")
 
 
-def paced_latency(client: list[str], label: str, *, target: bool = False) -> None:
+def paced_latency(client: list[str], label: str) -> float | None:
+    """One paced run of ``client``, printed; its p99 in µs (None: not measured)."""
     with tempfile.TemporaryDirectory() as scratch:
         send_log, recv_log = Path(scratch, "sent.csv"), Path(scratch, "received.csv")
         paced = ("--count", str(PACED_COUNT), "--rate", str(PACED_RATE), "--send-log", str(send_log))
@@ -266,19 +287,17 @@ def paced_latency(client: list[str], label: str, *, target: bool = False) -> Non
                 run = client_run(sim, client, PACED_COUNT, "--recv-log", str(recv_log))
             except ClientFailed as e:
                 print(f"  {label:<36} not measured: {e}")
-                return
+                return None
             time.sleep(0.5)  # the simulator writes its send log once the last frame is out
         delays, missing = latency_us(send_log, recv_log)
         evenness = spacing(send_log)
     p50, p99, p999 = (percentile(delays, f) for f in (0.5, 0.99, 0.999))
-    verdict = ""
-    if target:
-        verdict = f"target p99 ≤ {P99_TARGET_US} µs {'PASS' if p99 <= P99_TARGET_US else 'MISS'}; "
     print(
         f"  {label:<36} p50 {p50:.0f} µs, p99 {p99:.0f} µs, p99.9 {p999:.0f} µs, max {delays[-1]:.0f} µs; "
-        f"{verdict}client CPU {(run.cpu_us or 0) * run.rate / 1e6:.0%}, simulator CPU {run.sim_share:.0%}; "
+        f"client CPU {(run.cpu_us or 0) * run.rate / 1e6:.0%}, simulator CPU {run.sim_share:.0%}; "
         f"not received {missing}, lost {run.lost}; {evenness}"
     )
+    return p99
 
 
 if __name__ == "__main__":
