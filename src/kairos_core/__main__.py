@@ -1,7 +1,8 @@
 """``python -m kairos_core`` / ``kairos``: parse, configure, run; map failures to exit codes.
 
 Exit codes: 0 clean stop, 2 bad configuration (what to fix is printed), 3 the exchange refuses us,
-4 the database is unreachable at start-up, 5 NATS is unreachable at start-up.
+4 the database is unreachable at start-up, 5 NATS is unreachable at start-up, 128 + the signal's
+number when SIGINT/SIGTERM abandoned a start-up that did not finish (``bootstrap/stop_signals.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from kairos_core.bootstrap.logging import configure_logging
 from kairos_core.bootstrap.observability import dashboard_log
 from kairos_core.bootstrap.roles import NatsUnavailable, assign_role
 from kairos_core.bootstrap.runtime import tune_garbage_collector
-from kairos_core.bootstrap.stop_signals import StopSignals
+from kairos_core.bootstrap.stop_signals import StartupAbandoned, StopSignals
 from kairos_core.domain import ConfigurationError, FeedRefused
 from kairos_core.settings import Settings
 from kairos_core.simulator.fine_timers import new_fine_timer_loop
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(EXIT_DATABASE, str(e))
     except NatsUnavailable as e:
         return _fail(EXIT_NATS, str(e))
+    except StartupAbandoned as e:
+        return 128 + e.signum
     except KeyboardInterrupt:
         pass
     return 0
@@ -103,6 +106,13 @@ async def _serve(settings: Settings, run: dict[str, Any], *, dashboard_log: Path
         stop_signals.route_to(service.request_stop)
         tune_garbage_collector()
         await service.run()
+    except asyncio.CancelledError:
+        if stop_signals.abandoned is None:
+            raise
+        startup = asyncio.current_task()
+        assert startup is not None
+        startup.uncancel()
+        raise StartupAbandoned(stop_signals.abandoned) from None
     finally:
         await _resolved(container.shutdown_resources())
 

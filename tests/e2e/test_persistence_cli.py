@@ -128,7 +128,50 @@ async def test_a_sigterm_during_startup_waits_for_the_service_then_stops_it_with
 
 
 async def _lock_waiters(connection: asyncpg.Connection, count: int) -> None:
-    """Until ``count`` sessions wait for an advisory lock: the service is inside its migration."""
-    waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-    while await connection.fetchval(waiting) < count:
+    """Until ``count`` sessions of this database wait for the migration lock: the service is inside
+    its migration. (A bigint key's low half is the lock's objid, its high half its classid.)"""
+    waiting = """
+        SELECT count(*) FROM pg_locks JOIN pg_database d ON d.oid = pg_locks.database
+        WHERE locktype = 'advisory' AND NOT granted AND d.datname = current_database()
+          AND objid = $1::bigint & 4294967295 AND classid = $1::bigint >> 32
+    """
+    while await connection.fetchval(waiting, MIGRATION_LOCK_KEY) < count:
         await asyncio.sleep(0.05)
+
+
+async def test_a_second_sigterm_abandons_a_hanging_startup_with_exit_143(simulator_port: int) -> None:
+    """The database accepts the connection and never answers: start-up would hang for minutes."""
+    accepted = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        accepted.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    url = f"postgresql+asyncpg://kairos@127.0.0.1:{server.sockets[0].getsockname()[1]}/kairos"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "kairos_core",
+        *stream_options(simulator_port),
+        env=Kairos(url).env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await asyncio.wait_for(accepted.wait(), 30)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        server.close()
+        for writer in held:
+            writer.close()
+    assert process.returncode == 128 + signal.SIGTERM, stderr.decode()
+    events = [e["event"] for e in json_lines(stderr.decode())]
+    assert "service.stop_requested_during_startup" in events
+    assert "service.startup_abandoned" in events

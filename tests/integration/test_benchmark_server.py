@@ -86,16 +86,16 @@ def test_a_paced_run_sends_its_frames_one_at_a_time_evenly_spaced(tmp_path: Path
     (asyncio's own loop sends 2,000 frames a second in bursts of 2-4 every 1-2 ms)."""
     send_log = tmp_path / "sent.csv"
     command = [sys.executable, "-m", "kairos_core", "simulate", "--bench", "--port", "0"]
-    command += ["--symbols", ",".join(SYMBOLS), "--count", "400", "--rate", "2000"]
+    command += ["--symbols", ",".join(SYMBOLS), "--count", "1000", "--rate", "2000"]
     command += ["--send-log", str(send_log), "--log-format", "json"]
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
         try:
             assert process.stderr is not None
-            events = map(json.loads, process.stderr)
+            events = (json.loads(line) for line in process.stderr if line.startswith("{"))
             ready = next(e for e in events if e["event"] == "simulator.benchmark_ready")
             streams = "/".join(f"{s}@aggTrade" for s in SYMBOLS)
             with sync_connect(f"ws://127.0.0.1:{ready['port']}/stream?streams={streams}") as ws:
-                for _ in range(400):
+                for _ in range(1000):
                     ws.recv(timeout=5)
             deadline = time.monotonic() + 10
             while not send_log.exists() and time.monotonic() < deadline:
@@ -105,4 +105,5 @@ def test_a_paced_run_sends_its_frames_one_at_a_time_evenly_spaced(tmp_path: Path
     sent_ns = sorted(int(line.rsplit(",", 1)[1]) for line in send_log.read_text().splitlines())
     gaps_us = [(b - a) / 1000 for a, b in itertools.pairwise(sent_ns)]
     assert 350 < statistics.median(gaps_us) < 650, "2,000 frames a second: 500 µs apart"
+    # Catching up after a stall of the host sends a few at once: 10 % is 50 ms of stalls in 0.5 s.
     assert sum(gap < 100 for gap in gaps_us) < len(gaps_us) // 10, "a few catch-ups, no bursts"

@@ -5,23 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from kairos_core.bootstrap import stop_signals as module
 from kairos_core.bootstrap.stop_signals import STOP_SIGNALS, StopSignals
 
-
-@pytest.fixture
-async def stop_signals() -> AsyncIterator[StopSignals]:
-    loop = asyncio.get_running_loop()
-    routed = StopSignals()
-    routed.install(loop)
-    try:
-        yield routed
-    finally:
-        for signum in STOP_SIGNALS:
-            loop.remove_signal_handler(signum)
+Startup = Callable[[StopSignals], asyncio.Task[None]]
 
 
 async def delivered(signum: signal.Signals) -> None:
@@ -31,22 +22,98 @@ async def delivered(signum: signal.Signals) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_a_signal_before_the_service_exists_is_held_and_handed_over_once(
-    stop_signals: StopSignals,
-) -> None:
+@pytest.fixture
+def exits(monkeypatch: pytest.MonkeyPatch) -> list[signal.Signals]:
+    """The process exits an abandoned start-up would make once its clean-up is overdue (recorded,
+    not made: this is pytest's process)."""
+    made: list[signal.Signals] = []
+    monkeypatch.setattr(module, "_exit_now", made.append)
+    return made
+
+
+@pytest.fixture
+async def start_up(exits: list[signal.Signals]) -> AsyncIterator[Startup]:
+    """A start-up task that installs ``StopSignals`` first thing, then waits for what never comes."""
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[None]] = []
+
+    def started(stop_signals: StopSignals) -> asyncio.Task[None]:
+        async def hanging() -> None:
+            stop_signals.install(loop)
+            # Were a signal not covered, os.kill would end the whole test run: check first.
+            assert all(signal.getsignal(signum) is not signal.SIG_DFL for signum in STOP_SIGNALS)
+            await asyncio.Event().wait()
+
+        tasks.append(loop.create_task(hanging()))
+        return tasks[-1]
+
+    try:
+        yield started
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
+async def test_a_signal_during_startup_is_held_and_handed_over_once(start_up: Startup) -> None:
+    stop_signals = StopSignals()
+    task = start_up(stop_signals)
+    await asyncio.sleep(0)
     await delivered(signal.SIGTERM)
-    await delivered(signal.SIGINT)
-    assert stop_signals.pending == "SIGTERM", "the first signal is the reason"
+    assert stop_signals.pending is signal.SIGTERM
     stops: list[str] = []
     stop_signals.route_to(stops.append)
     assert stops == ["SIGTERM"]
+    assert not task.done(), "start-up goes on to its end"
 
 
-async def test_once_routed_every_signal_goes_to_the_service(stop_signals: StopSignals) -> None:
+async def test_once_routed_every_signal_goes_to_the_service(start_up: Startup) -> None:
+    stop_signals = StopSignals()
+    start_up(stop_signals)
+    await asyncio.sleep(0)
     stops: list[str] = []
     stop_signals.route_to(stops.append)
-    assert stops == []
     await delivered(signal.SIGINT)
     await delivered(signal.SIGTERM)
     assert stops == ["SIGINT", "SIGTERM"]
     assert stop_signals.pending is None
+
+
+async def test_a_second_signal_during_startup_abandons_it_and_bounds_the_clean_up(
+    start_up: Startup, exits: list[signal.Signals]
+) -> None:
+    stop_signals = StopSignals(cleanup_limit=0.05)
+    task = start_up(stop_signals)
+    await asyncio.sleep(0)
+    await delivered(signal.SIGTERM)
+    assert not task.done()
+    await delivered(signal.SIGINT)
+    assert task.cancelled()
+    assert stop_signals.abandoned is signal.SIGINT
+    await asyncio.sleep(0.1)
+    assert exits == [signal.SIGINT], "the process would exit now, clean-up done or not"
+
+
+async def test_startup_is_abandoned_once_the_held_signal_has_waited_its_grace(start_up: Startup) -> None:
+    stop_signals = StopSignals(grace=0.05)
+    task = start_up(stop_signals)
+    await asyncio.sleep(0)
+    await delivered(signal.SIGTERM)
+    await asyncio.wait_for(asyncio.wait({task}), 5)
+    assert task.cancelled()
+    assert stop_signals.abandoned is signal.SIGTERM
+
+
+async def test_a_service_up_within_the_grace_is_stopped_not_abandoned(start_up: Startup) -> None:
+    stop_signals = StopSignals(grace=0.05)
+    task = start_up(stop_signals)
+    await asyncio.sleep(0)
+    await delivered(signal.SIGTERM)
+    stops: list[str] = []
+    stop_signals.route_to(stops.append)
+    await asyncio.sleep(0.1)
+    assert stops == ["SIGTERM"]
+    assert not task.done()
+    assert stop_signals.abandoned is None
