@@ -95,14 +95,7 @@ async def test_a_sigterm_during_startup_waits_for_the_service_then_stops_it_with
     """Start-up is held in its migration (the test holds the migration lock) when SIGTERM comes."""
     holder = await asyncpg.connect(**asyncpg_dsn(empty_database_url))
     await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "kairos_core",
-        *stream_options(simulator_port),
-        env=Kairos(empty_database_url).env,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await _service(simulator_port, empty_database_url)
     assert process.stderr is not None
     try:
         await asyncio.wait_for(_lock_waiters(holder, 1), 30)
@@ -125,6 +118,18 @@ async def test_a_sigterm_during_startup_waits_for_the_service_then_stops_it_with
     assert next(e for e in events if e["event"] == "service.stopped")["reason"] == "SIGTERM"
     made = await fetch_async(empty_database_url, "SELECT to_regclass('market_ticks') IS NOT NULL AS made")
     assert made[0]["made"], "start-up finished the migration it had begun"
+
+
+async def _service(simulator_port: int, database_url: str) -> asyncio.subprocess.Process:
+    """The service against the simulator and ``database_url``, its log lines on a pipe."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "kairos_core",
+        *stream_options(simulator_port),
+        env=Kairos(database_url).env,
+        stderr=asyncio.subprocess.PIPE,
+    )
 
 
 async def _lock_waiters(connection: asyncpg.Connection, count: int) -> None:
@@ -150,14 +155,7 @@ async def test_a_second_sigterm_abandons_a_hanging_startup_with_exit_143(simulat
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     url = f"postgresql+asyncpg://kairos@127.0.0.1:{server.sockets[0].getsockname()[1]}/kairos"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "kairos_core",
-        *stream_options(simulator_port),
-        env=Kairos(url).env,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await _service(simulator_port, url)
     try:
         await asyncio.wait_for(accepted.wait(), 30)
         process.send_signal(signal.SIGTERM)
