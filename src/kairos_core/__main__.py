@@ -7,6 +7,11 @@ number when SIGINT/SIGTERM abandoned a start-up that did not finish (``bootstrap
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the program, not a test importing main: SIGTERM is held from here on
+    from kairos_core.bootstrap import early_stop
+
+    early_stop.hold()
+
 import asyncio
 import inspect
 import sys
@@ -18,6 +23,7 @@ from typing import Any, TypeVar
 import structlog
 from pydantic import ValidationError
 
+from kairos_core.bootstrap import early_stop
 from kairos_core.bootstrap.cli import parse_arguments, setting_flags
 from kairos_core.bootstrap.config_report import render_config
 from kairos_core.bootstrap.container import Container, warn_about_settings_not_in_effect
@@ -39,6 +45,8 @@ EXIT_CONFIG = 2
 EXIT_REFUSED = 3
 EXIT_DATABASE = 4
 EXIT_NATS = 5
+_NOT_THE_SERVICE = ("simulate", "migrate", "config")
+"""Commands that do not run the service: a SIGTERM held before they start ends them at once."""
 
 log = structlog.get_logger("kairos_core")
 
@@ -58,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level, stream=log_stream)
     if dashboard and log_file is None:
         log.warning("dashboard.off", reason="stdout is not a terminal: plain logs instead")
+    command = run.get("command")
+    if command in _NOT_THE_SERVICE:
+        held = early_stop.release()
+        if held is not None:
+            return 128 + held
     try:
-        command = run.get("command")
         if command == "simulate":
             with asyncio.Runner(loop_factory=new_fine_timer_loop) as runner:
                 runner.run(simulate(settings, run))

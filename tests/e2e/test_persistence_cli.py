@@ -173,3 +173,40 @@ async def test_a_second_sigterm_abandons_a_hanging_startup_with_exit_143(simulat
     events = [e["event"] for e in json_lines(stderr.decode())]
     assert "service.stop_requested_during_startup" in events
     assert "service.startup_abandoned" in events
+
+
+async def _catching_sigterm(pid: int, timeout: float = 30) -> None:
+    """Until process ``pid`` has a handler for SIGTERM: from there on a SIGTERM is the program's to
+    answer, not the default action's."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not _sigterm_caught(pid):
+        assert asyncio.get_running_loop().time() < deadline, "the program never took SIGTERM over"
+        await asyncio.sleep(0.002)
+
+
+def _sigterm_caught(pid: int) -> bool:
+    """Whether SIGTERM is in the process's SigCgt mask (/proc/<pid>/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1]
+    return bool(int(caught, 16) & 1 << (signal.SIGTERM - 1))
+
+
+async def test_a_sigterm_while_the_program_still_imports_ends_a_migrate_before_it_starts(
+    empty_database_url: str,
+) -> None:
+    """``python -m kairos_core`` takes SIGTERM over on its first line (``bootstrap/early_stop.py``);
+    ``migrate`` installs no handler of its own, so without that this SIGTERM is never caught."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "kairos_core",
+        "migrate",
+        env=Kairos(empty_database_url).env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await _catching_sigterm(process.pid)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr.decode()
+    made = await fetch_async(empty_database_url, "SELECT to_regclass('market_ticks') IS NOT NULL AS made")
+    assert not made[0]["made"], "nothing migrated"

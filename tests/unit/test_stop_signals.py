@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from kairos_core.bootstrap import early_stop
 from kairos_core.bootstrap import stop_signals as module
 from kairos_core.bootstrap.stop_signals import STOP_SIGNALS, StopSignals
 
@@ -117,3 +118,24 @@ async def test_a_service_up_within_the_grace_is_stopped_not_abandoned(start_up: 
     assert stops == ["SIGTERM"]
     assert not task.done()
     assert stop_signals.abandoned is None
+
+
+async def test_a_sigterm_held_before_the_loop_existed_is_taken_over_at_install(
+    start_up: Startup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(early_stop, "_held", [])
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        early_stop.hold()
+        os.kill(os.getpid(), signal.SIGTERM)  # while the program would still be importing
+        assert early_stop.take() is signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        monkeypatch.setattr(early_stop, "_holding", False)
+    stop_signals = StopSignals()
+    start_up(stop_signals)
+    await asyncio.sleep(0)
+    assert stop_signals.pending is signal.SIGTERM
+    stops: list[str] = []
+    stop_signals.route_to(stops.append)
+    assert stops == ["SIGTERM"]

@@ -17,8 +17,8 @@ it was starting against), the process exits at once with the same code: no tick 
 before the service exists, so none can be lost, and an embedded PostgreSQL left running is adopted
 by the next start.
 
-Not covered: the interpreter's own start and the imports before the loop exists (1-3 s here), in
-which SIGTERM still has its default action.
+Before the loop exists (the interpreter's start, the imports: 1-3 s here) ``early_stop.py`` holds
+SIGTERM for ``python -m kairos_core``; ``install`` takes it over.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import sys
 from collections.abc import Callable
 
 import structlog
+
+from kairos_core.bootstrap import early_stop
 
 log = structlog.get_logger("kairos_core")
 
@@ -67,6 +69,9 @@ class StopSignals:
         self._startup = asyncio.current_task(loop)
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self._received, signum)
+        held = early_stop.take()  # one that came before the loop existed (``early_stop.py``)
+        if held is not None:
+            self._received(held)
 
     def route_to(self, stop: Callable[[str], None]) -> None:
         """From now on a signal calls ``stop(name)``; one that came during start-up does so now."""
