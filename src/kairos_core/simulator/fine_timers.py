@@ -43,5 +43,5 @@ class FineTimerSelector(selectors.DefaultSelector):
 def new_fine_timer_loop() -> asyncio.AbstractEventLoop:
     """A loop on ``FineTimerSelector``, its thread's timer slack cut where the OS allows it."""
     if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, _TIMER_SLACK_NS, 0, 0, 0)
+        ctypes.CDLL(None).prctl(_PR_SET_TIMERSLACK, _TIMER_SLACK_NS, 0, 0, 0)
     return asyncio.SelectorEventLoop(FineTimerSelector())
