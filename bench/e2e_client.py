@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -33,6 +34,9 @@ from kairos_core.settings import LogFormat, LogLevel
 
 class Clock:
     """Process CPU and wall time between ``start`` and ``stop``."""
+
+    def __init__(self) -> None:
+        self.start()  # a run that never starts (no tick came) measures from here
 
     def start(self) -> None:
         self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
@@ -92,33 +96,68 @@ async def kairos(url: str, count: int, symbols: list[str], recv_log: Path | None
     clock = Clock()
     tune_garbage_collector()  # as the service does once started
     feed_task = asyncio.create_task(feed.start())
-    received, lost, arrivals = await count_ticks(subscription, count, clock, recv_log is not None)
+    tally = Tally(keep_arrivals=recv_log is not None)
+    counting = asyncio.create_task(count_ticks(subscription, count, clock, tally))
+    await watch(counting, tally)
     result = clock.stop()
     await feed.stop()
     await feed_task
-    await write_arrivals(recv_log, arrivals)
-    return result | {"received": received, "lost": lost}
+    await write_arrivals(recv_log, tally.arrivals)
+    # Every trade the simulator sent and the subscriber did not get is lost, wherever it went missing.
+    return result | {
+        "received": tally.received,
+        "lost": count - tally.received,
+        "misordered": tally.misordered,
+    }
 
 
-async def count_ticks(
-    subscription: Subscription, count: int, clock: Clock, keep_arrivals: bool
-) -> tuple[int, int, list[tuple[str, int, int]]]:
-    """The counting subscriber: reads until ``count`` ticks arrived or were lost; starts ``clock``
-    at the first."""
-    received = lost = 0
-    arrivals: list[tuple[str, int, int]] = []
-    while received + lost < count:
+class Tally:
+    """What the counting subscriber saw. The simulator's ids are consecutive per symbol, so a tick
+    whose id is not its symbol's last + 1 is a gap, a repeat or a reordering: ``misordered``."""
+
+    def __init__(self, *, keep_arrivals: bool) -> None:
+        self.received = self.lagged = self.misordered = 0
+        self.last_ids: dict[str, int] = {}
+        self.arrivals: list[tuple[str, int, int]] = []
+        self.keep_arrivals = keep_arrivals
+
+
+async def count_ticks(subscription: Subscription, count: int, clock: Clock, tally: Tally) -> None:
+    """The counting subscriber: reads until ``count`` ticks arrived or were lost to lag; starts
+    ``clock`` at the first."""
+    last_ids, arrivals = tally.last_ids, tally.arrivals
+    while tally.received + tally.lagged < count:
         try:
             tick = await subscription.recv()
         except Lagged as e:
-            lost += e.missed
+            tally.lagged += e.missed
             continue
-        if not received:
+        if not tally.received:
             clock.start()
-        received += 1
-        if keep_arrivals:
-            arrivals.append((tick.symbol, tick.trade_id, time.time_ns()))
-    return received, lost, arrivals
+        tally.received += 1
+        symbol, trade_id = tick.symbol, tick.trade_id
+        if last_ids.get(symbol, trade_id - 1) != trade_id - 1:
+            tally.misordered += 1
+        last_ids[symbol] = trade_id
+        if tally.keep_arrivals:
+            arrivals.append((symbol, trade_id, time.time_ns()))
+
+
+STALL_SECONDS = 5.0
+
+
+async def watch(counting: asyncio.Task[None], tally: Tally) -> None:
+    """Waits for ``counting``; ends it once no tick has come for ``STALL_SECONDS`` (ticks lost before
+    the bus would otherwise keep the run waiting for ever)."""
+    seen = -1
+    while not counting.done():
+        if tally.received == seen:
+            counting.cancel()
+            break
+        seen = tally.received
+        await asyncio.wait({counting}, timeout=STALL_SECONDS)
+    with contextlib.suppress(asyncio.CancelledError):
+        await counting
 
 
 def main() -> None:
