@@ -44,7 +44,7 @@ async def receive(ws: ClientConnection) -> dict[str, Any]:
 
 
 def is_reply(frame: dict[str, Any]) -> bool:
-    return "id" in frame and ("result" in frame or "code" in frame)
+    return "id" in frame and ("result" in frame or "code" in frame or "error" in frame)
 
 
 async def request(ws: ClientConnection, payload: dict[str, Any] | str) -> dict[str, Any]:
@@ -157,17 +157,22 @@ async def test_a_stream_other_than_agg_trade_is_accepted_but_silent(simulator: B
             "Invalid request: symbol 'foousdt'",
             6,
         ),
-        (
-            '{"method":"SUBSCRIBE","params":["BTCUSDT@aggTrade"],"id":7}',
-            2,
-            "Invalid request: invalid stream",
-            7,
-        ),
-        ('{"method":"SUBSCRIBE","params":["btcusdt"],"id":7}', 2, "Invalid request: invalid stream", 7),
-        # one bad name refuses the whole request: nothing of it is applied (LIST below stays empty)
+        # one bad symbol refuses the whole request: nothing of it is applied (LIST below stays empty)
         ('{"method":"SUBSCRIBE","params":["btcusdt@aggTrade","x@y"],"id":8}', 2, "Invalid request: ", 8),
         (
-            '{"method":"SUBSCRIBE","params":["btcusdt@aggTrade"],"id":-1}',
+            '{"method":"SUBSCRIBE","params":["btcusdt@aggTrade"],"id":9223372036854775808}',
+            2,
+            "Invalid request: request ID",
+            None,
+        ),
+        (
+            '{"method":"SUBSCRIBE","params":["btcusdt@aggTrade"],"id":"a b"}',
+            2,
+            "Invalid request: request ID",
+            None,
+        ),
+        (
+            '{"method":"SUBSCRIBE","params":["btcusdt@aggTrade"],"id":"' + "a" * 37 + '"}',
             2,
             "Invalid request: request ID",
             None,
@@ -205,6 +210,36 @@ async def test_a_bad_request_gets_binances_error_reply(
         assert reply["msg"].startswith(msg), reply["msg"]
         # the connection stays open and unchanged
         assert await request(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 99}) == {"result": [], "id": 99}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        '{"method":"SUBSCRIBE","params":["BTCUSDT@aggTrade"],"id":7}',
+        '{"method":"SUBSCRIBE","params":["btcusdt"],"id":7}',
+        '{"method":"SUBSCRIBE","params":["btcusdt@aggTrade","btcusdt"],"id":7}',
+    ],
+)
+async def test_an_invalid_stream_name_is_refused_nested_as_the_live_server_does(
+    simulator: BinanceSimulator, message: str
+) -> None:
+    async with client(simulator, "/ws") as ws:
+        reply = await request(ws, message)
+        assert list(reply) == ["error", "id"]
+        assert (list(reply["error"]), reply["error"]["code"], reply["id"]) == (["code", "msg"], 2, 7)
+        assert reply["error"]["msg"].startswith("Invalid request: invalid stream"), reply
+        assert await request(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 99}) == {"result": [], "id": 99}
+
+
+@pytest.mark.parametrize(
+    "request_id", [-(2**63), 2**63 - 1, 0, "abc123", "7d3b9b46-5f4f-4c8b-9a2d-0a8f9a4a0f5b", None]
+)
+async def test_every_request_id_binance_accepts_is_echoed(
+    simulator: BinanceSimulator, request_id: object
+) -> None:
+    async with client(simulator, "/ws") as ws:
+        reply = await request(ws, {"method": "LIST_SUBSCRIPTIONS", "id": request_id})
+        assert reply == {"result": [], "id": request_id}
 
 
 async def test_a_bare_combined_connection_subscribes_later(simulator: BinanceSimulator) -> None:

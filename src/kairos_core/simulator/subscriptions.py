@@ -7,7 +7,11 @@ Error codes as Binance documents them: 0 unknown property, 1 a property value th
 boolean, 2 an invalid request, 3 invalid JSON. A connection listens to at most ``MAX_STREAMS``
 streams, as on Binance; a SUBSCRIBE past it is refused whole with
 ``{"error":{"code":2,"msg":"..."},"id":1}`` (Binance documents the limit, not that reply: the code
-and wording are ours).
+and wording are ours). An invalid stream name gets that nested shape too, as the live server sends
+it (``{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":2}`` in a client's log),
+where Binance's table of errors shows the flat one. The request ``id`` may be what Binance accepts:
+a 64-bit signed integer, an alphanumeric string of at most 36 characters (hyphens taken too: 36 is
+a UUID's length), or ``null``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import msgspec
 
 _METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 _STREAM = re.compile(r"([a-z0-9]+)@([A-Za-z0-9_@]+)")  # btcusdt@aggTrade, btcusdt@depth@100ms
-_MAX_ID = 2**64 - 1
+_ID_RANGE = range(-(2**63), 2**63)
+_STRING_ID = re.compile(r"[A-Za-z0-9-]{1,36}")  # "alphanumeric, at most 36": a UUID's length, so hyphens too
 _UNKNOWN_PROPERTY, _NOT_BOOLEAN, _INVALID_REQUEST, _INVALID_JSON = 0, 1, 2, 3
 MAX_STREAMS = 1024
 """Streams one connection may listen to (Binance's spot limit)."""
@@ -155,6 +160,7 @@ class Subscriptions:
                     _INVALID_REQUEST,
                     f"Invalid request: invalid stream name {stream!r}: use <lowercase symbol>@<stream type>, "
                     "e.g. btcusdt@aggTrade",
+                    nested=True,
                 )
             if match[1] not in self._listed:
                 listed = ", ".join(sorted(self._listed))
@@ -180,9 +186,12 @@ def _decode(message: str | bytes) -> dict[str, Any]:
 
 
 def _request_id(request: dict[str, Any]) -> RequestId:
-    request_id = request.get("id")
-    if isinstance(request_id, str) or (
-        isinstance(request_id, int) and not isinstance(request_id, bool) and 0 <= request_id <= _MAX_ID
+    """The request's ``id`` if Binance would take it: it must be there, ``null`` included."""
+    request_id = request.get("id", ...)
+    if (
+        request_id is None
+        or (isinstance(request_id, str) and _STRING_ID.fullmatch(request_id))
+        or (isinstance(request_id, int) and not isinstance(request_id, bool) and request_id in _ID_RANGE)
     ):
         return request_id
     raise _Refused(_INVALID_REQUEST, "Invalid request: request ID must be an unsigned integer")

@@ -7,8 +7,9 @@ A combined-stream aggTrade frame, as received from ``/stream?streams=btcusdt@agg
      "T":1617566591314,"m":true,"M":true}}
 
 Raw streams (``/ws/<stream>``) send the ``data`` object alone. Control frames are replies to
-requests (``{"result":null,"id":1}``), error replies (``{"code":2,"msg":"...","id":1}``) and the
-``serverShutdown`` event that announces a disconnect.
+requests (``{"result":null,"id":1}``), error replies (flat, ``{"code":2,"msg":"...","id":1}``, as
+Binance's table of errors shows them, or nested, ``{"error":{"code":2,"msg":"..."},"id":1}``, as the
+live server sends some) and the ``serverShutdown`` event that announces a disconnect.
 
 The REST history, ``GET /api/v3/aggTrades?symbol=BTCUSDT&fromId=966492862&limit=1000``, answers a
 list of the same trades without ``e``, ``E`` and ``s`` (a real BTCUSDT answer, 2021-10-22)::
