@@ -81,7 +81,7 @@ async def test_requests_while_streaming_are_answered_between_frames() -> None:
         await bench.stop()
 
 
-def test_a_paced_run_sends_its_frames_one_at_a_time_evenly_spaced(tmp_path: Path) -> None:
+def test_a_paced_run_sends_its_frames_one_at_a_time_evenly_spaced_and_logs_each(tmp_path: Path) -> None:
     """``simulate --bench --rate``: a frame every 1/rate s, not bursts at epoll's millisecond steps
     (asyncio's own loop sends 2,000 frames a second in bursts of 2-4 every 1-2 ms)."""
     send_log = tmp_path / "sent.csv"
@@ -95,14 +95,20 @@ def test_a_paced_run_sends_its_frames_one_at_a_time_evenly_spaced(tmp_path: Path
             ready = next(e for e in events if e["event"] == "simulator.benchmark_ready")
             streams = "/".join(f"{s}@aggTrade" for s in SYMBOLS)
             with sync_connect(f"ws://127.0.0.1:{ready['port']}/stream?streams={streams}") as ws:
+                received = []
                 for _ in range(1000):
-                    ws.recv(timeout=5)
+                    data = msgspec.json.decode(ws.recv(timeout=5))["data"]
+                    received.append((data["s"], data["a"]))
             deadline = time.monotonic() + 10
             while not send_log.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
         finally:
             process.terminate()
-    sent_ns = sorted(int(line.rsplit(",", 1)[1]) for line in send_log.read_text().splitlines())
+    logged = [line.split(",") for line in send_log.read_text().splitlines()]
+    # The log names each frame as it went out, by symbol and trade id. (Its stamp, taken once the
+    # write returns, can be a few µs after the frame's arrival on the other core.)
+    assert [(symbol, int(trade_id)) for symbol, trade_id, _ in logged] == received
+    sent_ns = sorted(int(ns) for _, _, ns in logged)
     gaps_us = [(b - a) / 1000 for a, b in itertools.pairwise(sent_ns)]
     assert 350 < statistics.median(gaps_us) < 650, "2,000 frames a second: 500 µs apart"
     # Catching up after a stall of the host sends a few at once: 10 % is 50 ms of stalls in 0.5 s.

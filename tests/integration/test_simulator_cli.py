@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 
 from kairos_core.__main__ import main
+from kairos_core.bootstrap.cli import parse_arguments
+from kairos_core.settings import Settings
+from kairos_core.simulator.binance import BinanceSimulator
+from kairos_core.simulator.serve import _simulator
 
 
 def error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -35,6 +39,15 @@ def test_a_recording_without_binance_trades_exits_2(
     recording.write_text('1652459225.1: {"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[]}\n')
     assert main(["simulate", "--replay", str(recording), "--log-format", "json"]) == 2
     assert "no Binance aggTrade or trade frames" in error_line(capsys)
+
+
+def test_simulate_pings_its_clients_every_20_seconds_as_binance_does() -> None:
+    """The default of the server ``simulate`` builds; the pings themselves are tested at 0.1 s
+    (test_simulator_protocol.py)."""
+    overrides, run = parse_arguments(["simulate"])
+    server = _simulator(Settings(**overrides), run)
+    assert isinstance(server, BinanceSimulator)
+    assert server.ping_interval == 20.0
 
 
 def test_duration_stops_the_simulator() -> None:
@@ -92,9 +105,11 @@ def test_a_planned_run_writes_the_expected_file_and_its_counters_at_exit(tmp_pat
     ],
     ids=["binance", "okx"],
 )
-def test_connection_faults_are_taken_and_counted_at_exit(
+def test_connection_fault_flags_are_taken_and_their_counters_reported_at_exit(
     tmp_path: Path, exchange: list[str], faults: list[str], expected: set[str]
 ) -> None:
+    """The command line's plumbing only: nobody connects in 0.2 s. What each fault does to a client
+    is tested in test_simulator_connections.py and test_rotation.py."""
     assert expected <= set(counters_at_exit(tmp_path, *exchange, *faults))
 
 
