@@ -416,6 +416,10 @@ def test_masked_hides_the_password(url: str) -> None:
         ("postgresql://kairos:s3cret@db:port/kairos", "cannot be parsed"),
         ("postgresql://kairos:s3cret@db:5432", "names no database"),
         ("s3cret", "cannot be parsed"),
+        ("postgresql://kairos:s3cret@db:99999/kairos", "has port 99999: use 1-65535"),
+        ("postgresql://kairos:s3cret@db/kairos?connect_timeout=5", "does not take: connect_timeout; drop"),
+        ("postgresql://kairos:s3cret@db/kairos?sslmode=on", "ssl mode 'on': use one of disable"),
+        ("postgresql://kairos:s3cret@db/kairos?ssl=bogus", "ssl mode 'bogus'"),
     ],
 )
 def test_a_bad_url_says_what_to_fix_without_the_password(url: str, fix: str) -> None:

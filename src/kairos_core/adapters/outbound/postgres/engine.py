@@ -14,6 +14,14 @@ DRIVER = "postgresql+asyncpg"
 _ACCEPTED_SCHEMES = frozenset({"postgresql", "postgres", DRIVER})
 _EXAMPLE = "postgresql://user:password@host:5432/kairos or postgresql://user@/kairos?host=/run/postgresql"
 _UNPARSEABLE = "<database URL that cannot be parsed>"
+# What the asyncpg driver takes from a URL's query: anything else reached its connect() as an
+# unexpected keyword, a TypeError out of the pool instead of a message (libpq's connect_timeout,
+# application_name and options among them).
+_QUERY_KEYS = frozenset(
+    {"host", "port", "user", "password", "ssl", "sslmode", "target_session_attrs"}
+    | {"command_timeout", "prepared_statement_cache_size"}
+)
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 def normalised_url(url: str) -> URL:
@@ -30,9 +38,22 @@ def normalised_url(url: str) -> URL:
         )
     if not parsed.database:
         raise ConfigurationError(f"database URL {masked(url)} names no database: add it, e.g. {_EXAMPLE}")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ConfigurationError(f"database URL {masked(url)} has port {parsed.port}: use 1-65535, e.g. 5432")
     query = dict(parsed.query)
+    unknown = sorted(query.keys() - _QUERY_KEYS)
+    if unknown:
+        raise ConfigurationError(
+            f"database URL {masked(url)} has query arguments the asyncpg driver does not take: "
+            f"{', '.join(unknown)}; drop them (it takes {', '.join(sorted(_QUERY_KEYS))})"
+        )
     if "sslmode" in query:
         query["ssl"] = query.pop("sslmode")
+    if "ssl" in query and query["ssl"] not in _SSL_MODES:
+        raise ConfigurationError(
+            f"database URL {masked(url)} asks for ssl mode {query['ssl']!r}: "
+            f"use one of {', '.join(_SSL_MODES)}"
+        )
     return parsed.set(drivername=DRIVER, query=query)
 
 
