@@ -66,6 +66,26 @@ def test_migrate_upgrades_an_empty_database_and_is_idempotent(
     assert fetch(empty_database_url, "SELECT count(*) AS n FROM market_ticks")[0]["n"] == 0
 
 
+def test_no_migrate_on_a_database_never_migrated_exits_2_naming_the_fix(
+    simulator_port: int, empty_database_url: str
+) -> None:
+    """It used to start, fail every write on the missing table and never stop retrying."""
+    result = Kairos(empty_database_url)(*stream_options(simulator_port), "--no-migrate", "--max-ticks", "10")
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "--no-migrate, but database" in last
+    assert "none (never migrated)" in last
+    assert "run `python -m kairos_core migrate` first" in last
+
+
+def test_no_migrate_on_a_migrated_database_runs(simulator_port: int, empty_database_url: str) -> None:
+    kairos = Kairos(empty_database_url)
+    assert kairos("migrate").returncode == 0
+    result = kairos(*stream_options(simulator_port), "--no-migrate", "--max-ticks", "10")
+    assert result.returncode == 0, result.stderr
+    assert fetch(empty_database_url, "SELECT count(*) AS n FROM market_ticks")[0]["n"] == 10
+
+
 def test_an_unreachable_database_exits_4_in_one_line_without_the_password(kairos: Kairos) -> None:
     result = kairos("migrate", "--database-url", "postgresql://kairos:hunter2@127.0.0.1:1/kairos")
     assert result.returncode == 4

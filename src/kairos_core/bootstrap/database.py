@@ -17,7 +17,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kairos_core.adapters.outbound.postgres import create_engine, masked, upgrade_to_head
+from kairos_core.adapters.outbound.postgres import (
+    create_engine,
+    head_revision,
+    masked,
+    schema_revision,
+    upgrade_to_head,
+)
 from kairos_core.adapters.outbound.postgres.embedded import EmbeddedPostgres
 from kairos_core.domain import ConfigurationError, KairosError
 from kairos_core.settings import DatabaseSettings
@@ -52,12 +58,15 @@ async def database_url(database: DatabaseSettings) -> AsyncGenerator[str]:
 
 
 async def database_engine(url: str, *, migrate: bool) -> AsyncIterator[AsyncEngine]:
-    """An engine on a reachable database, its schema upgraded first when ``migrate``."""
+    """An engine on a reachable database, its schema upgraded first when ``migrate``, else checked
+    to be the one this kairos-core writes."""
     if migrate:
         await _with_retries(url, lambda: upgrade_to_head(url))
     engine = create_engine(url)
     try:
         await _with_retries(url, lambda: _ping(engine))
+        if not migrate:
+            await _check_schema(engine, url)
         log.info("database.ready", database=masked(url), migrated=migrate)
         yield engine
     finally:
@@ -73,6 +82,18 @@ async def migrate_only(database: DatabaseSettings) -> None:
         log.info("database.migrated", database=masked(url))
     finally:
         await urls.aclose()
+
+
+async def _check_schema(engine: AsyncEngine, url: str) -> None:
+    """Without it, a service told not to migrate a database that is empty or behind starts, fails
+    every write (no table, a missing column) and, keeping its ticks, never stops retrying."""
+    current, head = await schema_revision(engine), head_revision()
+    if current != head:
+        raise ConfigurationError(
+            f"--no-migrate, but database {masked(url)} is at schema revision "
+            f"{current or 'none (never migrated)'}, and this kairos-core writes revision {head}: "
+            "run `python -m kairos_core migrate` first, or start without --no-migrate"
+        )
 
 
 async def _ping(engine: AsyncEngine) -> None:

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import kairos_core
 
@@ -37,11 +40,27 @@ def alembic_config(url: str) -> Config:
     The URL travels in ``attributes``, not in an ini option, so a ``%`` in a percent-encoded
     password is not taken for interpolation.
     """
+    config = _scripts_config()
+    config.attributes["url"] = url
+    return config
+
+
+def _scripts_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations_directory()))
     config.set_main_option("path_separator", "os")
-    config.attributes["url"] = url
     return config
+
+
+def head_revision() -> str | None:
+    """The newest revision of the migrations this kairos-core carries: the schema it writes to."""
+    return ScriptDirectory.from_config(_scripts_config()).get_current_head()
+
+
+async def schema_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database is at (alembic's version table); None for a database never migrated."""
+    async with engine.connect() as connection:
+        return await connection.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
 
 
 async def upgrade_to_head(url: str) -> None:
