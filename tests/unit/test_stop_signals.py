@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from structlog.testing import capture_logs
 
 from kairos_core.bootstrap import early_stop
 from kairos_core.bootstrap import stop_signals as module
@@ -80,6 +81,21 @@ async def test_once_routed_every_signal_goes_to_the_service(start_up: Startup) -
     await delivered(signal.SIGTERM)
     assert stops == ["SIGINT", "SIGTERM"]
     assert stop_signals.pending is None
+
+
+async def test_a_signal_while_the_service_drains_says_what_it_waits_for(start_up: Startup) -> None:
+    stop_signals = StopSignals()
+    start_up(stop_signals)
+    await asyncio.sleep(0)
+    stop_signals.route_to(lambda _: None)
+    with capture_logs() as logged:
+        await delivered(signal.SIGTERM)
+        assert not [e for e in logged if e["event"] == "service.still_stopping"], "the first one just stops"
+        await delivered(signal.SIGINT)
+    [still] = [e for e in logged if e["event"] == "service.still_stopping"]
+    assert still["signal"] == "SIGINT"
+    assert still["log_level"] == "warning"
+    assert "rather than drop ticks" in still["why"]
 
 
 async def test_a_second_signal_during_startup_abandons_it_and_bounds_the_clean_up(

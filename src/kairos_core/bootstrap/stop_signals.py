@@ -63,6 +63,7 @@ class StopSignals:
         """The first signal, when it came before there was a service to stop."""
         self.abandoned: signal.Signals | None = None
         """The signal on which start-up was cancelled, if it was."""
+        self._stopping = False
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         """Handle the signals on ``loop`` from now on; the current task is the start-up to abandon."""
@@ -79,10 +80,22 @@ class StopSignals:
         if self._deadline is not None:
             self._deadline.cancel()
         if self.pending is not None:
+            self._stopping = True
             stop(self.pending.name)
 
     def _received(self, signum: signal.Signals) -> None:
         if self._stop is not None:
+            if self._stopping:
+                # The service is draining: what it accepted is consumed (and stored) before it exits,
+                # however long a failing database takes. Say so, rather than seem deaf.
+                log.warning(
+                    "service.still_stopping",
+                    signal=signum.name,
+                    why="consumers are finishing what was accepted; persistence retries a failing "
+                    "database rather than drop ticks (its write_failed lines say how many wait)",
+                    to_lose_them="SIGKILL",
+                )
+            self._stopping = True
             self._stop(signum.name)
         elif self.pending is None:
             self.pending = signum
