@@ -101,6 +101,25 @@ async def test_an_outage_loses_nothing_and_stores_nothing_twice() -> None:
     assert "persistence.write_recovered" in events
 
 
+async def test_retries_back_off_doubling_up_to_the_cap() -> None:
+    repository = InMemoryTickRepository()
+    repository.fail_next(8)
+    consumer = PersistenceConsumer(repository, fast(retry_initial=0.002, retry_max=0.016, writes_in_flight=1))
+    bus = BroadcastBus(capacity=16)
+    with capture_logs() as logs:
+        task = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
+        await feed(bus, ticks(10))
+        bus.close()
+        await asyncio.wait_for(task, GUARD)
+    waits = [entry["retry_in"] for entry in logs if entry["event"] == "persistence.write_failed"]
+    # Each wait is its step's delay with jitter (half to all of it): 2, 4, 8, 16, then 16 ms on.
+    steps = [0.002, 0.004, 0.008, 0.016, 0.016, 0.016, 0.016, 0.016]
+    assert len(waits) == len(steps)
+    for wait, step in zip(waits, steps, strict=True):
+        assert step / 2 - 0.001 <= wait <= step + 0.001, (waits, steps)
+    assert stored_ids(repository) == list(range(10))
+
+
 async def test_a_full_buffer_pauses_the_feed_instead_of_dropping() -> None:
     repository = InMemoryTickRepository()
     repository.down = True
