@@ -28,7 +28,14 @@ from kairos_core.adapters.outbound.postgres import (
 from kairos_core.adapters.outbound.postgres.tick_repository import EarlierWriteFailed
 from kairos_core.domain import ConfigurationError, Exchange, MarketTick, Side
 from tests.database import run, truncate_ticks
-from tests.strategies import MAX_EPOCH_MS, binance_symbols, market_ticks, numbered_tick
+from tests.strategies import (
+    MAX_EPOCH_MS,
+    binance_symbols,
+    market_ticks,
+    numbered_tick,
+    okx_inst_ids,
+    okx_market_ticks,
+)
 
 EVERYTHING = (datetime(1970, 1, 1, tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
 
@@ -50,10 +57,13 @@ def scale(value: Decimal) -> int:
     return max(-int(value.as_tuple().exponent), 0)
 
 
-# Mostly two symbols and a few ids, so batches collide with themselves and with each other.
+# Mostly two symbols a venue and a few ids, so batches collide with themselves and with each other;
+# OKX ticks too (no event time, their own symbols), and BTCUSDT on both venues at times.
 colliding_ticks = st.builds(
     lambda tick, trade_id: tick._replace(trade_id=trade_id),
-    market_ticks(symbol=st.sampled_from(["BTCUSDT", "ETHUSDT"]) | binance_symbols),
+    market_ticks(symbol=st.sampled_from(["BTCUSDT", "ETHUSDT"]) | binance_symbols)
+    | okx_market_ticks(inst_id=st.sampled_from(["BTC-USDT", "ETH-USDT"]) | okx_inst_ids)
+    | okx_market_ticks(inst_id=st.just("BTCUSDT")),
     st.integers(0, 5) | st.sampled_from([2**63 - 1]),
 )
 
@@ -75,9 +85,11 @@ async def test_stores_each_key_once_exactly_as_given(
         )
         assert count == len(new)
         seen.update(new)
-    for symbol in {symbol for _, symbol, _ in kept}:
-        stored = await repository.ticks_between(Exchange.BINANCE, symbol, *EVERYTHING)
-        expected = sorted((tick for key, tick in kept.items() if key[1] == symbol), key=lambda t: t.trade_id)
+    for exchange, symbol in {(exchange, symbol) for exchange, symbol, _ in kept}:
+        stored = await repository.ticks_between(exchange, symbol, *EVERYTHING)
+        expected = sorted(
+            (tick for key, tick in kept.items() if key[:2] == (exchange, symbol)), key=lambda t: t.trade_id
+        )
         assert stored == [as_stored(tick) for tick in expected]
 
 
