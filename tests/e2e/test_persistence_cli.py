@@ -52,6 +52,8 @@ def test_the_embedded_default_works_twice_in_a_row(simulator_port: int, tmp_path
         result = kairos(*stream_options(simulator_port), "--max-ticks", "50", "--data-dir", str(data_dir))
         assert result.returncode == 0, result.stderr
         assert any(e["event"] == "postgres.embedded.started" for e in json_lines(result.stderr))
+        # stopped on exit: PostgreSQL removes its pid file when it shuts down cleanly
+        assert not (data_dir / "pg" / "postmaster.pid").exists()
     with EmbeddedPostgres(data_dir) as url:
         per_symbol = fetch(url, STORED_PER_SYMBOL)
     assert sum(row["rows"] for row in per_symbol) == 100
