@@ -90,7 +90,9 @@ async def test_a_ten_second_outage_at_20000_ticks_a_second_loses_nothing(
     assert "persistence.write_failed" in names, "the outage never reached the service"
     summary = next(event for event in events if event["event"] == "service.stopped")
     assert summary["consumers"]["persistence"] == {"received": sent, "lost": 0}
-    assert sent >= 0.5 * RATE * (BEFORE + OUTAGE + AFTER)
+    # The rate held: 587,832 frames here (19,600/s over the 30 s, the service's connect included);
+    # 80 % leaves a slow host its slower start.
+    assert sent >= 0.8 * RATE * (BEFORE + OUTAGE + AFTER), f"{sent:,} frames sent: the simulator fell behind"
     per_symbol = await fetch_async(database_url, STORED_PER_SYMBOL)
     assert sum(row["rows"] for row in per_symbol) == sent
     for row in per_symbol:
