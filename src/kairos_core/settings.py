@@ -349,7 +349,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _ack_pending_holds_a_batch(self) -> Settings:
-        if self.nats_max_ack_pending < self.persist_batch_size:
+        # Only a persist node reads from NATS: without a NATS server the bound has nothing to hold.
+        if self.nats_url is not None and self.nats_max_ack_pending < self.persist_batch_size:
             raise ValueError(
                 f"nats_max_ack_pending ({self.nats_max_ack_pending}) must be at least "
                 f"persist_batch_size ({self.persist_batch_size}): a persist node takes a batch at a time"
