@@ -93,7 +93,8 @@ class StopSignals:
                     signal=signum.name,
                     why="consumers are finishing what was accepted; persistence retries a failing "
                     "database rather than drop ticks (its write_failed lines say how many wait)",
-                    to_lose_them="SIGKILL",
+                    sooner="SIGKILL: the ticks not yet stored are then fetched again from the "
+                    "exchange at the next start (gap repair from each symbol's last stored trade)",
                 )
             self._stopping = True
             self._stop(signum.name)
