@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -86,6 +87,40 @@ def test_no_migrate_on_a_migrated_database_runs(simulator_port: int, empty_datab
     result = kairos(*stream_options(simulator_port), "--no-migrate", "--max-ticks", "10")
     assert result.returncode == 0, result.stderr
     assert fetch(empty_database_url, "SELECT count(*) AS n FROM market_ticks")[0]["n"] == 10
+
+
+def test_no_migrate_on_a_database_a_newer_version_migrated_exits_2(
+    simulator_port: int, empty_database_url: str
+) -> None:
+    kairos = Kairos(empty_database_url)
+    assert kairos("migrate").returncode == 0
+    fetch(empty_database_url, "UPDATE alembic_version SET version_num = 'f00dfeed'")
+    result = kairos(*stream_options(simulator_port), "--no-migrate", "--max-ticks", "10")
+    assert result.returncode == 2, result.stderr
+    assert "revision f00dfeed, which this kairos-core does not know" in result.stderr.strip().splitlines()[-1]
+
+
+def test_no_migrate_as_a_writer_that_may_not_read_alembic_version_runs_unchecked(
+    simulator_port: int, empty_database_url: str
+) -> None:
+    """The least-privilege writer --no-migrate is for: SELECT and INSERT on market_ticks only."""
+    from sqlalchemy.engine import make_url
+
+    role = f"kairos_writer_{secrets.token_hex(4)}"
+    assert Kairos(empty_database_url)("migrate").returncode == 0
+    fetch(empty_database_url, f"CREATE ROLE {role} LOGIN")
+    try:
+        fetch(empty_database_url, f"GRANT SELECT, INSERT ON market_ticks TO {role}")
+        writer = make_url(empty_database_url).set(username=role, password=None)
+        result = Kairos(writer.render_as_string(hide_password=False))(
+            *stream_options(simulator_port), "--no-migrate", "--max-ticks", "10"
+        )
+        assert result.returncode == 0, result.stderr
+        assert any(e["event"] == "database.schema_unchecked" for e in json_lines(result.stderr))
+        assert fetch(empty_database_url, "SELECT count(*) AS n FROM market_ticks")[0]["n"] == 10
+    finally:
+        fetch(empty_database_url, f"REVOKE ALL ON market_ticks FROM {role}")
+        fetch(empty_database_url, f"DROP ROLE {role}")
 
 
 def test_an_unreachable_database_exits_4_in_one_line_without_the_password(kairos: Kairos) -> None:

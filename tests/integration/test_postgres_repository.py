@@ -443,6 +443,26 @@ def test_a_bad_url_says_what_to_fix_without_the_password(url: str, fix: str) -> 
         chain = chain.__cause__ or chain.__context__
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "host=/run/postgresql",
+        "port=5433",
+        "sslmode=require",
+        "ssl=disable",
+        "passfile=/etc/kairos/pgpass",
+        "krbsrvname=postgres",
+        "target_session_attrs=read-write",
+        "command_timeout=5",
+    ],
+)
+def test_a_url_argument_the_driver_takes_is_kept(query: str) -> None:
+    key, value = query.split("=")
+    assert (
+        normalised_url(f"postgresql://kairos@db/kairos?{query}").query[key.replace("sslmode", "ssl")] == value
+    )
+
+
 def test_a_unix_socket_url_connects(database_url: str) -> None:
     async def ask(url: str, *queries: str) -> list[object]:
         engine = create_engine(url)

@@ -14,12 +14,13 @@ from typing import cast
 import asyncpg
 import structlog
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kairos_core.adapters.outbound.postgres import (
     create_engine,
     head_revision,
+    known_revisions,
     masked,
     schema_revision,
     upgrade_to_head,
@@ -31,6 +32,7 @@ from kairos_core.settings import DatabaseSettings
 log = structlog.get_logger(__name__)
 
 CONNECT_ATTEMPTS = 5
+_INSUFFICIENT_PRIVILEGE = "42501"
 CONNECT_FIRST_DELAY = 0.25
 
 
@@ -66,7 +68,7 @@ async def database_engine(url: str, *, migrate: bool) -> AsyncIterator[AsyncEngi
     try:
         await _with_retries(url, lambda: _ping(engine))
         if not migrate:
-            await _check_schema(engine, url)
+            await _with_retries(url, lambda: _check_schema(engine, url))
         log.info("database.ready", database=masked(url), migrated=migrate)
         yield engine
     finally:
@@ -87,13 +89,31 @@ async def migrate_only(database: DatabaseSettings) -> None:
 async def _check_schema(engine: AsyncEngine, url: str) -> None:
     """Without it, a service told not to migrate a database that is empty or behind starts, fails
     every write (no table, a missing column) and, keeping its ticks, never stops retrying."""
-    current, head = await schema_revision(engine), head_revision()
-    if current != head:
-        raise ConfigurationError(
-            f"--no-migrate, but database {masked(url)} is at schema revision "
-            f"{current or 'none (never migrated)'}, and this kairos-core writes revision {head}: "
-            "run `python -m kairos_core migrate` first, or start without --no-migrate"
+    try:
+        current = await schema_revision(engine)
+    except DBAPIError as e:
+        # A least-privilege writer (SELECT, INSERT on market_ticks) may not read alembic's table.
+        if getattr(e.orig, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE:
+            raise
+        log.warning(
+            "database.schema_unchecked",
+            database=masked(url),
+            why="this user may not read alembic_version: grant it SELECT to have the schema checked",
         )
+        return
+    head = head_revision()
+    if current == head:
+        return
+    if current is not None and current not in known_revisions():
+        raise ConfigurationError(
+            f"--no-migrate, but database {masked(url)} is at schema revision {current}, which this "
+            f"kairos-core does not know (it writes {head}): a newer version migrated it; run that one"
+        )
+    raise ConfigurationError(
+        f"--no-migrate, but database {masked(url)} is at schema revision "
+        f"{current or 'none (never migrated)'}, and this kairos-core writes revision {head}: "
+        "run `python -m kairos_core migrate` first, or start without --no-migrate"
+    )
 
 
 async def _ping(engine: AsyncEngine) -> None:

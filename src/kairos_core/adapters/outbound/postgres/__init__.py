@@ -4,6 +4,7 @@ from kairos_core.adapters.outbound.postgres.engine import create_engine, masked,
 from kairos_core.adapters.outbound.postgres.migrations import (
     downgrade_to_base,
     head_revision,
+    known_revisions,
     schema_revision,
     upgrade_to_head,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "create_engine",
     "downgrade_to_base",
     "head_revision",
+    "known_revisions",
     "masked",
     "normalised_url",
     "schema_revision",

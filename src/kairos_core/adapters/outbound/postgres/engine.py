@@ -18,8 +18,8 @@ _UNPARSEABLE = "<database URL that cannot be parsed>"
 # unexpected keyword, a TypeError out of the pool instead of a message (libpq's connect_timeout,
 # application_name and options among them).
 _QUERY_KEYS = frozenset(
-    {"host", "port", "user", "password", "ssl", "sslmode", "target_session_attrs"}
-    | {"command_timeout", "prepared_statement_cache_size"}
+    {"host", "port", "user", "password", "passfile", "service", "servicefile", "krbsrvname", "gsslib"}
+    | {"ssl", "sslmode", "target_session_attrs", "command_timeout", "prepared_statement_cache_size"}
 )
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 

@@ -57,6 +57,13 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(_scripts_config()).get_current_head()
 
 
+def known_revisions() -> frozenset[str]:
+    """Every revision this kairos-core carries a migration for."""
+    return frozenset(
+        script.revision for script in ScriptDirectory.from_config(_scripts_config()).walk_revisions()
+    )
+
+
 async def schema_revision(engine: AsyncEngine) -> str | None:
     """The revision the database is at (alembic's version table); None for a database never migrated."""
     async with engine.connect() as connection:
