@@ -96,6 +96,20 @@ async def test_a_signal_while_the_service_drains_says_what_it_waits_for(start_up
     assert still["signal"] == "SIGINT"
     assert still["log_level"] == "warning"
     assert "rather than drop ticks" in still["why"]
+    assert "SIGKILL" in still["sooner"]
+
+
+async def test_after_a_held_signal_was_handed_over_the_next_one_says_the_service_drains(
+    start_up: Startup,
+) -> None:
+    stop_signals = StopSignals()
+    start_up(stop_signals)
+    await asyncio.sleep(0)
+    await delivered(signal.SIGTERM)  # during start-up: held
+    stop_signals.route_to(lambda _: None)  # the service exists: the held one stops it
+    with capture_logs() as logged:
+        await delivered(signal.SIGTERM)
+    assert [e["signal"] for e in logged if e["event"] == "service.still_stopping"] == ["SIGTERM"]
 
 
 async def test_a_second_signal_during_startup_abandons_it_and_bounds_the_clean_up(

@@ -91,10 +91,10 @@ class StopSignals:
                 log.warning(
                     "service.still_stopping",
                     signal=signum.name,
-                    why="consumers are finishing what was accepted; persistence retries a failing "
-                    "database rather than drop ticks (its write_failed lines say how many wait)",
-                    sooner="SIGKILL: the ticks not yet stored are then fetched again from the "
-                    "exchange at the next start (gap repair from each symbol's last stored trade)",
+                    why="it finishes what it accepted before it exits, and retries a failing "
+                    "database rather than drop ticks (the lines above say what waits)",
+                    sooner="SIGKILL: what was not yet stored comes back at the next start, redelivered "
+                    "by NATS to a persist node, else fetched again from the exchange by gap repair",
                 )
             self._stopping = True
             self._stop(signum.name)
