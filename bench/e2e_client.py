@@ -98,12 +98,17 @@ async def kairos(url: str, count: int, symbols: list[str], recv_log: Path | None
     feed_task = asyncio.create_task(feed.start())
     tally = Tally(keep_arrivals=recv_log is not None)
     counting = asyncio.create_task(count_ticks(subscription, count, clock, tally))
-    await watch(counting, tally)
+    if not await watch(counting, tally):
+        # A rate over the wait would be wrong by orders of magnitude: the run failed, say so.
+        raise SystemExit(
+            f"stalled: {tally.received:,} of {count:,} ticks received, then none for {STALL_SECONDS:.0f} s"
+        )
     result = clock.stop()
     await feed.stop()
     await feed_task
     await write_arrivals(recv_log, tally.arrivals)
-    # Every trade the simulator sent and the subscriber did not get is lost, wherever it went missing.
+    # Every trade the simulator sent and the subscriber did not get is lost (to lag: a run in which
+    # ticks went missing anywhere else stalls, above).
     return result | {
         "received": tally.received,
         "lost": count - tally.received,
@@ -146,18 +151,20 @@ async def count_ticks(subscription: Subscription, count: int, clock: Clock, tall
 STALL_SECONDS = 5.0
 
 
-async def watch(counting: asyncio.Task[None], tally: Tally) -> None:
+async def watch(counting: asyncio.Task[None], tally: Tally) -> bool:
     """Waits for ``counting``; ends it once no tick has come for ``STALL_SECONDS`` (ticks lost before
-    the bus would otherwise keep the run waiting for ever)."""
+    the bus would otherwise keep the run waiting for ever). False: it stalled."""
     seen = -1
     while not counting.done():
         if tally.received == seen:
             counting.cancel()
-            break
+            with contextlib.suppress(asyncio.CancelledError):
+                await counting
+            return False
         seen = tally.received
         await asyncio.wait({counting}, timeout=STALL_SECONDS)
-    with contextlib.suppress(asyncio.CancelledError):
-        await counting
+    await counting
+    return True
 
 
 def main() -> None:
