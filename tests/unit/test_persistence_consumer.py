@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -51,6 +52,17 @@ async def feed(bus: BroadcastBus, items: list[MarketTick]) -> None:
         bus.publish(item)
 
 
+async def run_to_the_end(consumer: PersistenceConsumer, items: list[MarketTick]) -> list[dict[str, Any]]:
+    """``items`` through a bus into ``consumer`` until it has drained and returned; what it logged."""
+    bus = BroadcastBus(capacity=16)
+    with capture_logs() as logs:
+        task = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
+        await feed(bus, items)
+        bus.close()
+        await asyncio.wait_for(task, GUARD)
+    return logs
+
+
 def stored_ids(repository: InMemoryTickRepository) -> list[int]:
     return sorted(trade_id for (_, _, trade_id) in repository.rows)
 
@@ -87,12 +99,7 @@ async def test_an_outage_loses_nothing_and_stores_nothing_twice() -> None:
     repository = InMemoryTickRepository()
     repository.fail_next(7)
     consumer = PersistenceConsumer(repository, fast())
-    bus = BroadcastBus(capacity=16)
-    with capture_logs() as logs:
-        task = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
-        await feed(bus, ticks(200))
-        bus.close()
-        await asyncio.wait_for(task, GUARD)
+    logs = await run_to_the_end(consumer, ticks(200))
     assert stored_ids(repository) == list(range(200))
     assert consumer.stats.retries == 7
     assert consumer.stats.duplicates == 0
@@ -105,12 +112,7 @@ async def test_retries_back_off_doubling_up_to_the_cap() -> None:
     repository = InMemoryTickRepository()
     repository.fail_next(8)
     consumer = PersistenceConsumer(repository, fast(retry_initial=0.002, retry_max=0.016, writes_in_flight=1))
-    bus = BroadcastBus(capacity=16)
-    with capture_logs() as logs:
-        task = asyncio.create_task(consumer.run(bus.subscribe("persistence", lossless=True)))
-        await feed(bus, ticks(10))
-        bus.close()
-        await asyncio.wait_for(task, GUARD)
+    logs = await run_to_the_end(consumer, ticks(10))
     waits = [entry["retry_in"] for entry in logs if entry["event"] == "persistence.write_failed"]
     # Each wait is its step's delay with jitter (half to all of it): 2, 4, 8, 16, then 16 ms on.
     steps = [0.002, 0.004, 0.008, 0.016, 0.016, 0.016, 0.016, 0.016]
