@@ -32,8 +32,8 @@ from kairos_core.settings import DatabaseSettings
 log = structlog.get_logger(__name__)
 
 CONNECT_ATTEMPTS = 5
-_INSUFFICIENT_PRIVILEGE = "42501"
 CONNECT_FIRST_DELAY = 0.25
+_INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE: permission denied
 
 
 class DatabaseUnavailable(KairosError):
