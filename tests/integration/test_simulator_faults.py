@@ -219,6 +219,24 @@ async def test_a_client_without_a_limit_reads_the_oversize_frame_and_rejects_it(
     assert len(frames) == 151
 
 
+async def test_a_bad_frame_due_on_a_trade_nobody_got_follows_the_next_trade_sent() -> None:
+    """A planned count of faults is sent however many of the trades they fall on go out."""
+    options = {"garbage_every": 20, "oversize_every": 20, "oversize_bytes": 5_000}
+    async with (
+        serving(trades=200, withhold_every=1, **options) as sim,
+        client(sim, max_size=None) as ws,
+    ):
+        frames = await frames_until_quiet(ws)
+    assert sim.trades_sent == 2, "only the last trade of each symbol went out"
+    first_trade, garbage, oversize = frames[:3]
+    assert len(ids_of([first_trade])) == 1
+    with pytest.raises(FrameRejected):
+        parse_frame(garbage)
+    assert len(oversize) == 5_000
+    assert sim.garbage_sent == len(frames) - 2 - sim.oversize_sent > 0
+    assert sim.oversize_sent == len([frame for frame in frames if len(frame) == 5_000]) > 0
+
+
 async def test_every_kth_trade_is_sent_twice() -> None:
     async with serving(trades=50, duplicate_every=5) as sim, client(sim) as ws:
         received = ids_of(await frames_until_quiet(ws))

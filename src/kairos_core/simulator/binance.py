@@ -77,7 +77,9 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
     intervals of that mean with ``drop_random``); the trades made while nobody is connected (or
     subscribed to their symbol) go out on no socket (``trades_unsent``), only into the history.
     After every ``garbage_every``-th trade a broken frame (``faults.Garbage``, the kinds taking
-    turns), after every ``oversize_every``-th one a frame of ``oversize_bytes``; every
+    turns), after every ``oversize_every``-th one a frame of ``oversize_bytes`` (a broken or oversize
+    frame due while no socket takes the trade, withheld or unsent, follows the next trade sent, so
+    a planned count of them is sent however the connections come and go); every
     ``duplicate_every``-th trade is sent twice; every ``rest_429_every``-th REST request is
     answered 429 with ``Retry-After: 1``. Those count the trades made over all symbols;
     ``withhold_every`` keeps every k-th trade of each symbol off the sockets.
@@ -177,6 +179,8 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         self.drops = 0
         self.garbage_sent = 0
         self.oversize_sent = 0
+        self._garbage_due = False
+        self._oversize_due = False
         self.duplicates_sent = 0
         self.trades_silenced = 0
         self.streams_refused = 0
@@ -337,6 +341,8 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
                 self.trades_made += 1
                 # Kept before it is sent: a client that saw it can ask for it.
                 trade_id = self._history.record(symbol, frame)
+                self._garbage_due |= _falls_on(self.trades_made, self.garbage_every)
+                self._oversize_due |= _falls_on(self.trades_made, self.oversize_every)
                 if not self._withheld(symbol, trade_id):
                     await self._send_trade(symbol, frame, self.trades_made)
         finally:
@@ -374,12 +380,17 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         if not receivers:
             self.trades_unsent += 1
             return
-        if _falls_on(nth, self.garbage_every):
+        if self._garbage_due:
             garbage, text = garbage_frame(self.garbage_sent, frame)
-            self.garbage_sent += await _send_to(receivers, garbage, text=text)
-        if _falls_on(nth, self.oversize_every):
-            self.oversize_sent += await _send_to(receivers, self._oversize, text=True)
-            log.info("simulator.oversize_sent", after_trade=nth, bytes=len(self._oversize))
+            sent = await _send_to(receivers, garbage, text=text)
+            self.garbage_sent += sent
+            self._garbage_due = not sent
+        if self._oversize_due:
+            sent = await _send_to(receivers, self._oversize, text=True)
+            self.oversize_sent += sent
+            self._oversize_due = not sent
+            if sent:
+                log.info("simulator.oversize_sent", after_trade=nth, bytes=len(self._oversize))
 
     async def _announce_shutdown(self, connection: VenueConnection) -> bool:
         subscriptions = self._clients.get(connection)
