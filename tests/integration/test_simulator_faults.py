@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import statistics
 from collections.abc import AsyncIterator
@@ -40,9 +41,15 @@ def client(sim: BinanceSimulator, **kwargs: Any) -> connect:
     return connect(f"ws://127.0.0.1:{sim.port}{STREAM}", max_queue=None, close_timeout=0.5, **kwargs)
 
 
-async def frames_until_quiet(ws: ClientConnection, quiet: float = 0.3) -> list[str | bytes]:
-    """Every frame until none came for ``quiet`` seconds."""
+async def frames_until_quiet(
+    ws: ClientConnection, sim: BinanceSimulator, quiet: float = 0.3
+) -> list[str | bytes]:
+    """Every frame of ``sim``'s planned run: read until it has made its last trade (a pause of this
+    process is no end of the stream), then until none came for ``quiet`` seconds."""
     frames: list[str | bytes] = []
+    while not sim.finished.is_set():
+        with contextlib.suppress(TimeoutError):  # recv() may be cancelled: nothing is lost
+            frames.append(await asyncio.wait_for(ws.recv(), 0.05))
     await read_into(frames, ws, quiet)
     return frames
 
@@ -108,7 +115,7 @@ async def test_a_planned_run_writes_its_trades_first_then_makes_exactly_those(tm
         await asyncio.sleep(0.2)
         assert sim.trades_made == 0, "a planned run waits for its first client"
         async with client(sim) as ws:
-            received = ids_of(await frames_until_quiet(ws))
+            received = ids_of(await frames_until_quiet(ws, sim))
         assert sim.finished.is_set()
         assert len(received) == 600
         assert set(received) == planned_keys(sim)
@@ -131,7 +138,7 @@ def test_faults_do_not_change_the_trades_planned() -> None:
 async def test_the_history_holds_a_planned_run_longer_than_history() -> None:
     async with serving(trades=400, history=10) as sim:
         async with client(sim) as ws:
-            await frames_until_quiet(ws)
+            await frames_until_quiet(ws, sim)
         for symbol, ids in sim.expected.items():
             assert await rest_ids(sim, symbol) == list(ids)
 
@@ -174,7 +181,7 @@ def test_random_drops_come_at_intervals_of_the_mean_given() -> None:
 
 async def test_garbage_frames_take_turns_and_each_is_rejected() -> None:
     async with serving(trades=10, garbage_every=1) as sim, client(sim) as ws:
-        frames = await frames_until_quiet(ws)
+        frames = await frames_until_quiet(ws, sim)
     assert len(frames) == 20
     trades, garbage = frames[0::2], frames[1::2]
     assert len(ids_of(trades)) == 10
@@ -210,7 +217,7 @@ async def test_a_client_without_a_limit_reads_the_oversize_frame_and_rejects_it(
         serving(trades=150, oversize_every=100, oversize_bytes=1_500_000) as sim,
         client(sim, max_size=None) as ws,
     ):
-        frames = await frames_until_quiet(ws)
+        frames = await frames_until_quiet(ws, sim)
     oversize = [frame for frame in frames if len(frame) > 1_000]
     assert [len(frame) for frame in oversize] == [1_500_000]
     with pytest.raises(FrameRejected) as rejected:
@@ -226,7 +233,7 @@ async def test_a_bad_frame_due_on_a_trade_nobody_got_follows_the_next_trade_sent
         serving(trades=200, withhold_every=1, **options) as sim,
         client(sim, max_size=None) as ws,
     ):
-        frames = await frames_until_quiet(ws)
+        frames = await frames_until_quiet(ws, sim)
     assert sim.trades_sent == 2, "only the last trade of each symbol went out"
     first_trade, garbage, oversize = frames[:3]
     assert len(ids_of([first_trade])) == 1
@@ -239,7 +246,7 @@ async def test_a_bad_frame_due_on_a_trade_nobody_got_follows_the_next_trade_sent
 
 async def test_every_kth_trade_is_sent_twice() -> None:
     async with serving(trades=50, duplicate_every=5) as sim, client(sim) as ws:
-        received = ids_of(await frames_until_quiet(ws))
+        received = ids_of(await frames_until_quiet(ws, sim))
     assert len(received) == 60
     twice = [key for i, key in enumerate(received[1:], 1) if key == received[i - 1]]
     assert len(twice) == 10
@@ -269,7 +276,7 @@ async def test_every_kth_rest_request_is_answered_429_with_retry_after_1() -> No
 
 async def test_the_last_planned_trade_of_each_symbol_is_never_withheld() -> None:
     async with serving(trades=200, withhold_every=1) as sim, client(sim) as ws:
-        received = ids_of(await frames_until_quiet(ws))
+        received = ids_of(await frames_until_quiet(ws, sim))
     assert sorted(received) == sorted((symbol.upper(), ids[-1]) for symbol, ids in sim.expected.items())
     assert sim.trades_withheld == 198
 
@@ -301,3 +308,19 @@ async def test_a_client_closed_by_a_drop_is_not_sent_to_again() -> None:
         await asyncio.sleep(0.2)
         assert sim.clients == 0
         assert sim.trades_unsent > 0
+
+
+async def test_a_drop_due_while_nobody_is_connected_cuts_the_next_client_to_come() -> None:
+    """Drops at 1 s, 2 s, 3 s: the one at 2 s finds nobody and falls on the client back at 2.4 s."""
+    async with serving(rate=100, drop_every=1.0) as sim:
+        async with client(sim) as ws:
+            with pytest.raises(ConnectionClosed):
+                await read_all(ws)
+        await asyncio.sleep(1.4)
+        async with client(sim) as ws:
+            connected = asyncio.get_running_loop().time()
+            with pytest.raises(ConnectionClosed):
+                await read_all(ws)
+            lived = asyncio.get_running_loop().time() - connected
+        assert sim.drops == 2
+    assert lived < 0.3, "cut at once, not at the next drop 0.6 s later"

@@ -74,7 +74,8 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
     gap: the last trade of each symbol is never withheld.
 
     Faults (each a counter in ``stats()``): ``drop_every`` seconds every client is cut (at random
-    intervals of that mean with ``drop_random``); the trades made while nobody is connected (or
+    intervals of that mean with ``drop_random``; a cut due while nobody is connected cuts the next
+    client to come); the trades made while nobody is connected (or
     subscribed to their symbol) go out on no socket (``trades_unsent``), only into the history.
     After every ``garbage_every``-th trade a broken frame (``faults.Garbage``, the kinds taking
     turns), after every ``oversize_every``-th one a frame of ``oversize_bytes`` (a broken or oversize
@@ -207,6 +208,7 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
             if trades is not None:
                 self._frames = itertools.islice(self._frames, trades)
         self._first_client = asyncio.Event()
+        self._client_joined = asyncio.Event()
         self._rest = BinanceRest(
             self.symbols,
             self._history,
@@ -319,6 +321,7 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
             return
         self._clients[connection] = subscriptions
         self._first_client.set()
+        self._client_joined.set()
         try:
             async for request in connection:
                 # answer() applies the request at once: a frame sent after the reply follows it.
@@ -409,9 +412,10 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         assert self.drop_every is not None
         for pause in drop_intervals(self.drop_every, at_random=self.drop_random, rng=self._fault_rng):
             await asyncio.sleep(pause)
+            while not self._clients:  # a cut due while nobody is connected falls on the next to come
+                self._client_joined.clear()
+                await self._client_joined.wait()
             clients = list(self._clients)
-            if not clients:
-                continue
             self._clients.clear()  # nothing more is sent to them, even before they notice
             for client in clients:
                 client.transport.abort()
