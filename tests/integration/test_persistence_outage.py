@@ -11,6 +11,7 @@ import asyncio
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -66,6 +67,10 @@ async def test_a_ten_second_outage_at_20000_ticks_a_second_loses_nothing(
             stderr=log_file,
         )
         try:
+            async with asyncio.timeout(60):  # the 30 s begin when the service takes its first tick
+                while simulator.frames_sent == 0:
+                    await asyncio.sleep(0.01)
+            streaming_since = time.monotonic()
             await asyncio.sleep(BEFORE)
             await set_outage(postgres_server_url, database, down=True)
             await asyncio.sleep(OUTAGE)
@@ -73,6 +78,7 @@ async def test_a_ten_second_outage_at_20000_ticks_a_second_loses_nothing(
             await asyncio.sleep(AFTER)
             await simulator.halt()
             sent = simulator.frames_sent
+            streamed = time.monotonic() - streaming_since
             async with asyncio.timeout(60):
                 while await stored(database_url) < sent:
                     await asyncio.sleep(0.5)
@@ -90,9 +96,9 @@ async def test_a_ten_second_outage_at_20000_ticks_a_second_loses_nothing(
     assert "persistence.write_failed" in names, "the outage never reached the service"
     summary = next(event for event in events if event["event"] == "service.stopped")
     assert summary["consumers"]["persistence"] == {"received": sent, "lost": 0}
-    # The rate held: 587,832 frames here (19,600/s over the 30 s, the service's connect included);
-    # 80 % leaves a slow host its slower start.
-    assert sent >= 0.8 * RATE * (BEFORE + OUTAGE + AFTER), f"{sent:,} frames sent: the simulator fell behind"
+    # The rate held: 20,000/s here, 17,000/s with six busy loops sharing the two cores.
+    rate = sent / streamed
+    assert rate >= 0.8 * RATE, f"{sent:,} frames in {streamed:.1f} s: the simulator fell behind"
     per_symbol = await fetch_async(database_url, STORED_PER_SYMBOL)
     assert sum(row["rows"] for row in per_symbol) == sent
     for row in per_symbol:

@@ -247,8 +247,10 @@ async def test_okx_sends_notice_64008_every_period_and_closes_after_the_grace() 
     assert len(notices) == 1
     at, notice = notices[0]
     assert notice.code == okx_wire.SERVICE_UPGRADE
-    assert 0.35 < at - opened < 0.8
-    assert 0.25 < closed - at < 0.7
+    assert 0.3 < at - opened < 0.8, "opened is stamped after the subscribe, the notice's clock before"
+    # As for Binance above: the grace is judged from the opening, the notice-to-close span from above.
+    assert closed - opened > 0.6, "closed after the grace"
+    assert closed - at < 0.7
     assert any(isinstance(frame, tuple) and frame for t, frame in frames if t > at), "pushes until the close"
     stats = sim.stats()
     assert (stats["shutdown_notices"], stats["shutdown_closes"]) == (1, 1)

@@ -204,11 +204,15 @@ def _listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-async def stored_rows(database_url: str) -> int:
-    """Rows in ``market_ticks``; 0 before the service has created it."""
+async def stored_rows(database_url: str, symbols: Sequence[str] | None = None) -> int:
+    """Rows in ``market_ticks`` (of ``symbols`` only, if given); 0 before the service has created it."""
     connection = await asyncpg.connect(asyncpg_url(database_url))
     try:
-        return int(await connection.fetchval("SELECT count(*) FROM market_ticks"))
+        if symbols is None:
+            return int(await connection.fetchval("SELECT count(*) FROM market_ticks"))
+        wanted = [symbol.upper() for symbol in symbols]
+        query = "SELECT count(*) FROM market_ticks WHERE symbol = any($1::text[])"
+        return int(await connection.fetchval(query, wanted))
     except asyncpg.UndefinedTableError:
         return 0
     finally:

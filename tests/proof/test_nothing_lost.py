@@ -97,7 +97,8 @@ async def test_garbage_after_every_100th_trade(proof_run: MakeRun) -> None:
 async def test_oversize_frame_after_every_500th_trade(proof_run: MakeRun) -> None:
     run = proof_run("--oversize-every", "500", trades=2_000, rate=500)
     counters = await prove(run)
-    assert counters["oversize_sent"] >= 3
+    assert counters["oversize_sent"] >= 3, "the one due at the last trade needs the service back by then"
+    assert rejected(run).get("oversize") == counters["oversize_sent"], "each one refused, unread"
     assert len(events_named(run, "feed.reconnecting")) >= counters["oversize_sent"]
 
 
