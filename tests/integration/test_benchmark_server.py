@@ -107,8 +107,13 @@ def test_a_paced_run_sends_its_frames_one_at_a_time_evenly_spaced_and_logs_each(
     # The log names each frame as it went out, by symbol and trade id. (Its stamp, taken once the
     # write returns, can be a few µs after the frame's arrival on the other core.)
     assert [(symbol, int(trade_id)) for symbol, trade_id, _ in logged] == received
-    sent_ns = sorted(int(ns) for _, _, ns in logged)
-    gaps_us = [(b - a) / 1000 for a, b in itertools.pairwise(sent_ns)]
+    sent_us = [int(ns) / 1000 for _, _, ns in logged]
+    gaps_us = [b - a for a, b in itertools.pairwise(sent_us)]
     assert 350 < statistics.median(gaps_us) < 650, "2,000 frames a second: 500 µs apart"
-    # Catching up after a stall of the host sends a few at once: 10 % is 50 ms of stalls in 0.5 s.
-    assert sum(gap < 100 for gap in gaps_us) < len(gaps_us) // 10, "a few catch-ups, no bursts"
+    # Frame i's turn is i times 500 µs after the start; the most punctual frame stands for the start.
+    # Measured: 10-16 µs late at the median on fine timers; 41-59 µs with four busy loops sharing
+    # the two cores (the frames due in a stall go late and at once, then the pacing is back on
+    # time); about 550 µs, late 0-1,000 µs evenly, on asyncio's own loop (millisecond timer steps).
+    behind_us = [sent - i * 500 for i, sent in enumerate(sent_us)]
+    late_us = [behind - min(behind_us) for behind in behind_us]
+    assert statistics.median(late_us) < 250, "the median frame leaves within 250 µs of its turn"
