@@ -430,7 +430,10 @@ def _add_fault_options(simulate: argparse.ArgumentParser) -> None:
         "--drop-every",
         type=_positive("seconds"),
         metavar="SECONDS",
-        help="cut every client connection this often; trades made meanwhile go out on no socket",
+        help=(
+            "cut every client connection this long after the first to come since the last cut;"
+            " trades made meanwhile go out on no socket"
+        ),
     )
     add(
         "--drop-random",

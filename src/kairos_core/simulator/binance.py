@@ -73,14 +73,15 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
     server listens. A finite run stands in for an endless market, whose next trade would reveal a
     gap: the last trade of each symbol is never withheld.
 
-    Faults (each a counter in ``stats()``): ``drop_every`` seconds every client is cut (at random
-    intervals of that mean with ``drop_random``; a cut due while nobody is connected cuts the next
-    client to come); the trades made while nobody is connected (or
+    Faults (each a counter in ``stats()``): every client is cut ``drop_every`` seconds (at random
+    intervals of that mean with ``drop_random``) after the first to come since the previous cut,
+    so a reconnect always gets its interval and a cut never falls on an empty server (the wait
+    starts again if everybody left meanwhile); the trades made while nobody is connected (or
     subscribed to their symbol) go out on no socket (``trades_unsent``), only into the history.
     After every ``garbage_every``-th trade a broken frame (``faults.Garbage``, the kinds taking
-    turns), after every ``oversize_every``-th one a frame of ``oversize_bytes`` (a broken or oversize
-    frame due while no socket takes the trade, withheld or unsent, follows the next trade sent, so
-    a planned count of them is sent however the connections come and go); every
+    turns), after every ``oversize_every``-th one a frame of ``oversize_bytes`` (one due on a trade no
+    socket takes, withheld or unsent, follows the next trade sent, those due meanwhile merged into
+    one, so a fault is not lost to a moment when nobody listened); every
     ``duplicate_every``-th trade is sent twice; every ``rest_429_every``-th REST request is
     answered 429 with ``Retry-After: 1``. Those count the trades made over all symbols;
     ``withhold_every`` keeps every k-th trade of each symbol off the sockets.
@@ -411,11 +412,13 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
     async def _drop_connections_now_and_then(self) -> None:
         assert self.drop_every is not None
         for pause in drop_intervals(self.drop_every, at_random=self.drop_random, rng=self._fault_rng):
-            await asyncio.sleep(pause)
-            while not self._clients:  # a cut due while nobody is connected falls on the next to come
-                self._client_joined.clear()
-                await self._client_joined.wait()
-            clients = list(self._clients)
+            clients: list[VenueConnection] = []
+            while not clients:  # the clock runs while somebody is connected
+                while not self._clients:
+                    self._client_joined.clear()
+                    await self._client_joined.wait()
+                await asyncio.sleep(pause)
+                clients = list(self._clients)
             self._clients.clear()  # nothing more is sent to them, even before they notice
             for client in clients:
                 client.transport.abort()
