@@ -413,7 +413,7 @@ class BinanceSimulator(SimulatedVenue[Subscriptions]):
         assert self.drop_every is not None
         for pause in drop_intervals(self.drop_every, at_random=self.drop_random, rng=self._fault_rng):
             clients: list[VenueConnection] = []
-            while not clients:  # the clock runs while somebody is connected
+            while not clients:  # the clock starts once somebody is connected
                 while not self._clients:
                     self._client_joined.clear()
                     await self._client_joined.wait()
